@@ -1,0 +1,55 @@
+"""Reading user images for the CLI: JPEG and PNG to (H, W, 3) uint8 RGB, or a clear InputError."""
+
+from pathlib import Path
+
+import numpy as np
+
+from bodyrt.errors import InputError
+
+MAX_PIXELS = 100_000_000
+
+
+def load_image(path) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB.
+
+    Grayscale and palette images are expanded to RGB, RGBA and LA lose their alpha channel, 16-bit
+    images are scaled to 8 bits. Anything else (CMYK JPEGs aside, which are converted) is rejected.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.format not in ("JPEG", "PNG"):
+                raise InputError(f"{path}: unsupported image format {image.format}; give a JPEG or PNG file")
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(f"{path}: image of {image.width}x{image.height} pixels is too large")
+            image.load()
+            return _to_rgb8(image, path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"{path}: not a readable image ({error})") from None
+
+
+def _to_rgb8(image, path: Path) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        maximum = 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        gray = np.clip(np.rint(values * (255.0 / maximum)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise InputError(f"{path}: floating-point images are not supported; save it as 8- or 16-bit")
+    if image.mode not in ("RGB", "L", "LA", "RGBA", "P", "PA", "CMYK", "YCbCr", "1"):
+        raise InputError(f"{path}: unsupported pixel mode {image.mode}")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise InputError(f"{path}: image has no pixels")
+    return np.ascontiguousarray(rgb)
+
+
+def save_png(path, rgb: np.ndarray) -> None:
+    """Write (H, W, 3) uint8 RGB as PNG."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(path, format="PNG")

@@ -1,0 +1,1 @@
+"""bodyrt.export: PyTorch stages, checkpoint and body-model loading, ONNX and TensorRT export."""

@@ -1,0 +1,1 @@
+"""bodyrt.runtime: the lean runtime. It never imports torch."""
