@@ -1,0 +1,216 @@
+"""`bodyrt export`: a checkpoint and a body model -> a bundle directory the runtime can run.
+
+The bundle holds one ONNX graph per stage (body, hand, face, merge; see bodyrt.export.stages) with
+a dynamic person axis, and manifest.json with everything the runtime needs. Every stage is checked
+against PyTorch on real intermediate tensors before the bundle is written, and the directory is
+swapped in atomically: a failed export leaves no half bundle and keeps the previous one.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bodyrt
+from bodyrt.errors import ExportError
+from bodyrt.export import layout
+from bodyrt.progress import progress
+from bodyrt.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
+
+log = logging.getLogger("bodyrt")
+
+OPSET = 18
+# Largest |onnx - torch| accepted per stage output, in the output's units (pixels for boxes, metres
+# for vertices, raw numbers for parameters); float32 reassociation stays well below these.
+STAGE_TOLERANCES = {"body": 1e-3, "hand": 1e-4, "face": 1e-4, "merge": 1e-5}
+BOX_TOLERANCE_PX = 1e-2
+
+
+def stage_specs(pipeline) -> list[dict]:
+    """The four ExPose stages: module, input and output names, and which inputs carry the person axis."""
+    return [
+        {"name": "body", "module": pipeline.body_stage,
+         "inputs": ["body_crops", "crop_transforms"],
+         "outputs": ["body_params", "part_boxes", "hand_starts", "face_starts"]},
+        {"name": "hand", "module": pipeline.hand_stage,
+         "inputs": ["hand_crops", "hand_starts"], "outputs": ["hand_params"]},
+        {"name": "face", "module": pipeline.face_stage,
+         "inputs": ["face_crops", "face_starts"], "outputs": ["face_params"]},
+        {"name": "merge", "module": pipeline.merge_stage,
+         "inputs": ["body_params", "hand_params", "face_params"],
+         "outputs": ["vertices", "joints", "global_orient", "body_pose", "left_hand_pose",
+                     "right_hand_pose", "jaw_pose", "betas", "expression", "camera_scale",
+                     "camera_translation"]},
+    ]
+
+
+def expose_steps() -> list[dict]:
+    """The runtime's step list for ExPose: host crops between the stage graphs."""
+    return [
+        {"name": "body_crop", "op": "body_crop", "boxes": "person_boxes",
+         "outputs": ["body_crops", "crop_transforms"],
+         "crop_size": layout.BODY_CROP_SIZE, "box_scale": layout.BODY_BOX_SCALE},
+        {"name": "body", "op": "graph", "stage": "body"},
+        {"name": "part_crops", "op": "part_crops", "boxes": "part_boxes", "parts": [0, 1],
+         "mirror": [False, True], "crop_size": layout.HAND_CROP_SIZE, "output": "hand_crops"},
+        {"name": "part_crops", "op": "part_crops", "boxes": "part_boxes", "parts": [2],
+         "mirror": [False], "crop_size": layout.FACE_CROP_SIZE, "output": "face_crops"},
+        {"name": "hand", "op": "graph", "stage": "hand"},
+        {"name": "face", "op": "graph", "stage": "face"},
+        {"name": "merge", "op": "graph", "stage": "merge"},
+        {"name": "merge", "op": "pinhole", "scale": "camera_scale", "translation": "camera_translation",
+         "crop_transforms": "crop_transforms", "focal_length": layout.FOCAL_LENGTH_PX,
+         "crop_size": layout.BODY_CROP_SIZE},
+    ]
+
+
+RESULTS = ["vertices", "joints", "global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
+           "jaw_pose", "betas", "expression", "camera_scale", "camera_translation", "part_boxes",
+           "crop_transforms", "focal_length", "pinhole_translation"]
+
+
+def export_onnx(module, sample_inputs: tuple, path: Path, input_names, output_names) -> None:
+    """Export one stage with the dynamo exporter, the person axis (axis 0) dynamic."""
+    people = torch.export.Dim("people", min=1, max=64)
+    dynamic_shapes = tuple({0: people} for _ in sample_inputs)
+    try:
+        program = torch.onnx.export(module, sample_inputs, dynamo=True, opset_version=OPSET,
+                                    input_names=list(input_names), output_names=list(output_names),
+                                    dynamic_shapes=dynamic_shapes, optimize=True, verify=False,
+                                    external_data=False)
+        program.save(str(path))
+    except Exception as error:  # the exporters raise many types; name the stage and keep the cause
+        raise ExportError(f"exporting {path.name} failed: {type(error).__name__}: {error}") from error
+
+
+def finish_graph(path: Path) -> dict:
+    """Check and shape-infer a saved graph in place; return its input/output specs for the manifest."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.save(model, str(path))
+
+    def spec(value):
+        tensor_type = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor_type.shape.dim]
+        return {"name": value.name, "shape": dims,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name}
+
+    return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
+
+
+def check_stage(path: Path, name: str, feeds: dict, expected: dict, threads: int) -> float:
+    """Run the exported graph in ONNX Runtime and compare with PyTorch; returns the worst deviation."""
+    from bodyrt.runtime.backends import OnnxRuntimeRunner
+
+    runner = OnnxRuntimeRunner(path, threads=threads).activate()
+    got = runner.infer(feeds)
+    worst = 0.0
+    for output, reference in expected.items():
+        tolerance = BOX_TOLERANCE_PX if output == "part_boxes" else STAGE_TOLERANCES[name]
+        deviation = float(np.max(np.abs(got[output] - reference))) if reference.size else 0.0
+        if not deviation <= tolerance:
+            raise ExportError(f"stage {name}: output {output} differs from PyTorch by {deviation:.3g} "
+                              f"(tolerance {tolerance:g}); the export is not faithful")
+        worst = max(worst, deviation)
+    return worst
+
+
+def manifest_for(pipeline, stage_files: dict, graph_specs: dict, checkpoint, body_model) -> dict:
+    import onnx
+
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "arch": "expose",
+        "precision": "fp32",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tools": {"bodyrt": bodyrt.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                  "opset": OPSET},
+        "source": {"checkpoint": Path(checkpoint).name, "checkpoint_sha256": sha256_of(checkpoint),
+                   "body_model": Path(body_model).name, "body_model_sha256": sha256_of(body_model),
+                   "untrained": pipeline.untrained},
+        "preprocessing": {"mean": list(layout.IMAGENET_MEAN), "std": list(layout.IMAGENET_STD),
+                          "pixel_scale": 1.0 / 255.0},
+        "parts": [
+            {"name": "right_hand", "crop_size": layout.HAND_CROP_SIZE, "box_scale": layout.HAND_BOX_SCALE,
+             "mirror": False, "joints": layout.RIGHT_HAND_JOINTS},
+            {"name": "left_hand", "crop_size": layout.HAND_CROP_SIZE, "box_scale": layout.HAND_BOX_SCALE,
+             "mirror": True, "joints": layout.LEFT_HAND_JOINTS},
+            {"name": "face", "crop_size": layout.FACE_CROP_SIZE, "box_scale": layout.FACE_BOX_SCALE,
+             "mirror": False, "joints": layout.HEAD_JOINTS},
+        ],
+        "stages": [{"name": name, "file": stage_files[name], **graph_specs[name]} for name in stage_files],
+        "steps": expose_steps(),
+        "results": RESULTS,
+        "mesh": {"model": "smplx", "num_vertices": int(pipeline.body_model_data.arrays["v_template"].shape[0]),
+                 "faces": pipeline.faces.tolist()},
+        "files": {},
+    }
+
+
+def sample_batch(pipeline, people: int = 2, seed: int = 0) -> dict:
+    """Real intermediate tensors for `people` persons on a synthetic image, for export and checks."""
+    rng = np.random.default_rng(seed)
+    height, width = 480, 640
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    boxes = [[60 + 200 * i, 40, 60 + 200 * i + 180, 40 + 400] for i in range(people)]
+    pipeline(image, np.asarray(boxes, dtype=np.float32))
+    return pipeline.last_intermediates
+
+
+def export_bundle(checkpoint, body_model, out_dir, threads: int = 2) -> Path:
+    """Export every stage, check it against PyTorch, write the manifest, and swap the bundle in."""
+    from bodyrt.export.reference import ReferencePipeline
+
+    out_dir = Path(out_dir)
+    pipeline = ReferencePipeline(checkpoint, body_model, threads=threads)
+    # clone: the reference runs in inference mode, whose tensors cannot be traced for export
+    samples = {key: value.clone() for key, value in sample_batch(pipeline).items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        stage_files, graph_specs = {}, {}
+        for spec in progress(stage_specs(pipeline), label="export"):
+            name = spec["name"]
+            path = staging / f"{name}.onnx"
+            inputs = tuple(samples[key] for key in spec["inputs"])
+            with torch.no_grad():
+                expected = spec["module"](*inputs)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            export_onnx(spec["module"], inputs, path, spec["inputs"], spec["outputs"])
+            graph_specs[name] = finish_graph(path)
+            feeds = {key: samples[key].numpy() for key in spec["inputs"]}
+            worst = check_stage(path, name, feeds,
+                                {key: value.numpy() for key, value in zip(spec["outputs"], expected)}, threads)
+            log.info("stage %s exported, max deviation from PyTorch %.3g", name, worst)
+            stage_files[name] = path.name
+        manifest = manifest_for(pipeline, stage_files, graph_specs, checkpoint, body_model)
+        manifest["files"] = {file: sha256_of(staging / file) for file in stage_files.values()}
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest))
+        swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace out_dir by the complete staging directory; the old bundle survives until then."""
+    if out_dir.exists() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir}: exists and is not a bodyrt bundle; refusing to replace it")
+    retired = None
+    if out_dir.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rename(out_dir, retired / "bundle")
+    os.rename(staging, out_dir)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
