@@ -1,4 +1,4 @@
-"""Shared, session-scoped artefacts: synthetic body models and checkpoints are built once per run."""
+"""Shared, session-scoped artefacts: synthetic body models, a checkpoint and a bundle, built once per run."""
 
 import pytest
 
@@ -13,3 +13,40 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def synthetic_smplx_path(tmp_path_factory):
+    """A synthetic SMPLX_NEUTRAL.npz (v1.1 layout), seed 0."""
+    from bodyrt.export.synthetic import write_smplx_model
+
+    return write_smplx_model(tmp_path_factory.mktemp("smplx"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """One directory per session for the demo artefacts, shared with benchmarks/ when run together."""
+    return tmp_path_factory.getbasetemp() / "demo-artefacts"
+
+
+@pytest.fixture(scope="session")
+def demo_files(demo_dir):
+    """(checkpoint, body model): a seeded untrained checkpoint in the official layout and its SMPL-X file."""
+    from bodyrt.export.demo import demo_inputs
+
+    return demo_inputs(demo_dir)
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline(demo_files):
+    from bodyrt.export.reference import ReferencePipeline
+
+    return ReferencePipeline(*demo_files, threads=2)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(demo_dir, demo_files):
+    """The demo checkpoint exported to a bundle (once per session)."""
+    from bodyrt.export.demo import demo_bundle
+
+    return demo_bundle(demo_dir, threads=2)

@@ -1,0 +1,153 @@
+"""`bodyrt bench`: honest latency of the runtime backends, side by side with the PyTorch reference.
+
+What is timed: one call from a decoded image in memory ((H, W, 3) uint8) and its person boxes to
+the final vertices and every other output (crops, all stage graphs, the camera conversion). What is
+not: image decoding, writing files, opening sessions, warm-up. Candidates run interleaved
+(A, B, A, B, ...) so that drift of a shared machine hits all of them alike, and the speed-up against
+the reference is taken pair by pair.
+"""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bodyrt.errors import InputError
+from bodyrt.progress import progress
+
+IMAGE_SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4k": (2160, 3840)}
+
+
+def bench_image(size: str = "720p", persons: int = 1, seed: int = 0):
+    """A synthetic (H, W, 3) uint8 image and `persons` boxes side by side, each most of the height."""
+    if size not in IMAGE_SIZES:
+        raise InputError(f"--image-size must be one of {', '.join(IMAGE_SIZES)}, got {size!r}")
+    if persons < 1:
+        raise InputError(f"--persons must be at least 1, got {persons}")
+    height, width = IMAGE_SIZES[size]
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    slot = width / persons
+    boxes = [[slot * i + 0.1 * slot, 0.05 * height, slot * i + 0.9 * slot, 0.95 * height] for i in range(persons)]
+    return image, np.asarray(boxes, dtype=np.float32)
+
+
+def percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def open_candidates(bundle, backends, reference_files, threads: int) -> dict:
+    """name -> callable(image, boxes) returning a result with .timings_ms."""
+    from bodyrt.runtime import open_bundle
+
+    candidates = {}
+    if reference_files:
+        from bodyrt.export.reference import ReferencePipeline
+
+        candidates["pytorch"] = ReferencePipeline(*reference_files, threads=threads)
+    for backend in backends:
+        candidates[backend] = open_bundle(bundle, backend=backend, threads=threads)
+    return candidates
+
+
+def interleaved_runs(candidates: dict, image, boxes, repeats: int, warmup: int) -> dict:
+    """Warm up each candidate, then time them in turn, `repeats` rounds; name -> list of samples."""
+    for candidate in candidates.values():
+        for _ in range(warmup):
+            candidate(image, boxes)
+    samples = {name: [] for name in candidates}
+    for _ in progress(range(repeats), label="bench"):
+        for name, candidate in candidates.items():
+            start = time.perf_counter()
+            result = candidate(image, boxes)
+            total = (time.perf_counter() - start) * 1000.0
+            samples[name].append({"total": total, **result.timings_ms})
+    return samples
+
+
+def summarise(samples: dict, persons: int, reference: str | None) -> dict:
+    """Per candidate: median, p90, min (ms), throughput (persons/s), per-stage medians, and speed-ups."""
+    summary = {}
+    for name, runs in samples.items():
+        totals = [run["total"] for run in runs]
+        stages = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "total"}
+        entry = {"median_ms": statistics.median(totals), "p90_ms": percentile(totals, 90),
+                 "min_ms": min(totals), "throughput_persons_per_s": persons * 1000.0 / statistics.median(totals),
+                 "stages_ms": stages}
+        if reference and name != reference:
+            ratios = [ref["total"] / ours["total"] for ref, ours in zip(samples[reference], runs)]
+            entry["speedup_vs_reference"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                             "max": max(ratios)}
+        summary[name] = entry
+    return summary
+
+
+def peak_rss_mb(candidate: str, bundle, reference_files, threads: int, image_size: str, persons: int) -> float:
+    """Peak resident memory of a fresh process that opens one candidate and runs it twice, in MiB."""
+    spec = json.dumps({"candidate": candidate, "bundle": str(bundle) if bundle else None,
+                       "reference": [str(p) for p in reference_files] if reference_files else None,
+                       "threads": threads, "image_size": image_size, "persons": persons})
+    done = subprocess.run([sys.executable, "-c", f"from bodyrt.bench import _rss_probe; _rss_probe({spec!r})"],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return float("nan")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _rss_probe(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    backends = [] if spec["candidate"] == "pytorch" else [spec["candidate"]]
+    reference = spec["reference"] if spec["candidate"] == "pytorch" else None
+    candidate = next(iter(open_candidates(spec["bundle"], backends, reference, spec["threads"]).values()))
+    image, boxes = bench_image(spec["image_size"], spec["persons"])
+    candidate(image, boxes)
+    candidate(image, boxes)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+def run_bench(bundle=None, backends=("onnxruntime",), reference_files=None, persons: int = 1,
+              image_size: str = "720p", threads: int = 2, repeats: int = 20, warmup: int = 3,
+              memory: bool = True, json_path=None) -> dict:
+    """Benchmark and print a table; returns the report (also written to json_path when given)."""
+    if not bundle and not reference_files:
+        raise InputError("give --bundle, or --reference with --checkpoint and --body-model")
+    backends = list(backends) if bundle else []
+    image, boxes = bench_image(image_size, persons)
+    candidates = open_candidates(bundle, backends, reference_files, threads)
+    samples = interleaved_runs(candidates, image, boxes, repeats, warmup)
+    reference = "pytorch" if reference_files else None
+    summary = summarise(samples, persons, reference)
+    if memory:
+        for name in candidates:
+            summary[name]["peak_rss_mb"] = peak_rss_mb(name, bundle, reference_files, threads, image_size, persons)
+    report = {"what_is_timed": "decoded uint8 image in memory + person boxes -> final vertices and all outputs",
+              "image_size": image_size, "persons": persons, "threads": threads, "repeats": repeats,
+              "warmup": warmup, "summary": summary, "samples": samples}
+    print_report(report)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def print_report(report: dict) -> None:
+    summary = report["summary"]
+    print(f"\n{report['persons']} person(s), {report['image_size']}, {report['threads']} threads, "
+          f"{report['repeats']} interleaved runs after {report['warmup']} warm-up; "
+          f"timed: {report['what_is_timed']}")
+    print(f"{'candidate':<14}{'median':>9}{'p90':>9}{'min':>9}{'persons/s':>11}{'peak MiB':>10}{'speed-up':>22}")
+    for name, entry in summary.items():
+        speedup = entry.get("speedup_vs_reference")
+        ratio = (f"{speedup['median']:.2f}x ({speedup['min']:.2f}-{speedup['max']:.2f})" if speedup else "")
+        print(f"{name:<14}{entry['median_ms']:>9.1f}{entry['p90_ms']:>9.1f}{entry['min_ms']:>9.1f}"
+              f"{entry['throughput_persons_per_s']:>11.2f}{entry.get('peak_rss_mb', float('nan')):>10.0f}{ratio:>22}")
+    stages = sorted({stage for entry in summary.values() for stage in entry["stages_ms"]})
+    print("\nmedian per stage, ms")
+    print(f"{'stage':<14}" + "".join(f"{name:>14}" for name in summary))
+    for stage in stages:
+        print(f"{stage:<14}" + "".join(f"{entry['stages_ms'].get(stage, float('nan')):>14.1f}"
+                                       for entry in summary.values()))
