@@ -41,18 +41,68 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def open_candidates(bundle, backends, reference_files, threads: int) -> dict:
-    """name -> callable(image, boxes) returning a result with .timings_ms."""
+def candidate_name(backend: str, precision: str) -> str:
+    """"openvino" for fp32, "openvino-bf16" otherwise."""
+    return backend if precision == "fp32" else f"{backend}-{precision}"
+
+
+def open_reference(bundle, reference_files, threads: int):
+    """The PyTorch reference of the bundle's architecture (ExPose without a bundle)."""
+    from bodyrt.runtime.bundle import read_bundle
+
+    arch = read_bundle(bundle).manifest.get("arch", "expose") if bundle else "expose"
+    if arch == "expose":
+        from bodyrt.export.reference import ReferencePipeline
+
+        return ReferencePipeline(*reference_files, threads=threads)
+    from bodyrt.export.smpl_bundle import SmplRegressorPipeline
+
+    return SmplRegressorPipeline(*reference_files, arch=arch, threads=threads)
+
+
+def open_candidates(bundle, backends, reference_files, threads: int, precisions=("fp32",)) -> dict:
+    """name -> callable(image, boxes) returning a result with .timings_ms.
+
+    Every backend runs every precision it supports; a lower precision a backend, CPU or bundle lacks
+    (bf16 on onnxruntime, int8 without a quantized variant) is skipped with a note on stderr.
+    """
+    from bodyrt.errors import BodyrtError
     from bodyrt.runtime import open_bundle
 
     candidates = {}
     if reference_files:
-        from bodyrt.export.reference import ReferencePipeline
-
-        candidates["pytorch"] = ReferencePipeline(*reference_files, threads=threads)
+        candidates["pytorch"] = open_reference(bundle, reference_files, threads)
     for backend in backends:
-        candidates[backend] = open_bundle(bundle, backend=backend, threads=threads)
+        for precision in precisions:
+            try:
+                candidates[candidate_name(backend, precision)] = open_bundle(
+                    bundle, backend=backend, threads=threads, precision=precision)
+            except BodyrtError as error:
+                if precision == "fp32":
+                    raise
+                print(f"bodyrt bench: skipping {backend} {precision}: {error}", file=sys.stderr)
+    if not candidates:
+        raise InputError("nothing to benchmark: no backend runs the precisions asked for")
     return candidates
+
+
+def vertex_deviations(candidates: dict, image, boxes) -> dict:
+    """name -> {max_mm, mean_mm, against}: each lower-precision candidate's vertices against the same
+    backend at fp32 (else the PyTorch reference), on the bench image."""
+    from bodyrt.compare import distances_mm
+
+    vertices = {name: candidate(image, boxes).outputs["vertices"] for name, candidate in candidates.items()}
+    deviations = {}
+    for name, candidate in candidates.items():
+        if getattr(candidate, "precision", "fp32") == "fp32":
+            continue
+        baseline = candidate.backend if candidate.backend in candidates else "pytorch"
+        if baseline not in vertices:
+            continue
+        distances = distances_mm(vertices[name], vertices[baseline])
+        deviations[name] = {"max_mm": float(distances.max()), "mean_mm": float(distances.mean()),
+                            "against": baseline}
+    return deviations
 
 
 def interleaved_runs(candidates: dict, image, boxes, repeats: int, warmup: int) -> dict:
@@ -101,16 +151,21 @@ def peak_rss_mb(candidate: str, bundle, reference_files, threads: int, image_siz
 
 def _rss_probe(spec_json: str) -> None:
     spec = json.loads(spec_json)
-    backends = [] if spec["candidate"] == "pytorch" else [spec["candidate"]]
+    backend, precision = spec["candidate"], "fp32"
+    for lower in ("bf16", "int8"):
+        if backend.endswith(f"-{lower}"):
+            backend, precision = backend[: -len(lower) - 1], lower
+    backends = [] if spec["candidate"] == "pytorch" else [backend]
     reference = spec["reference"] if spec["candidate"] == "pytorch" else None
-    candidate = next(iter(open_candidates(spec["bundle"], backends, reference, spec["threads"]).values()))
+    candidate = next(iter(open_candidates(spec["bundle"], backends, reference, spec["threads"],
+                                          precisions=[precision]).values()))
     image, boxes = bench_image(spec["image_size"], spec["persons"])
     candidate(image, boxes)
     candidate(image, boxes)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
 
-def run_bench(bundle=None, backends=("onnxruntime",), reference_files=None, persons: int = 1,
+def run_bench(bundle=None, backends=("onnxruntime",), reference_files=None, persons: int = 1, precisions=("fp32",),
               image_size: str = "720p", threads: int = 2, repeats: int = 20, warmup: int = 3,
               memory: bool = True, json_path=None) -> dict:
     """Benchmark and print a table; returns the report (also written to json_path when given)."""
@@ -118,10 +173,12 @@ def run_bench(bundle=None, backends=("onnxruntime",), reference_files=None, pers
         raise InputError("give --bundle, or --reference with --checkpoint and --body-model")
     backends = list(backends) if bundle else []
     image, boxes = bench_image(image_size, persons)
-    candidates = open_candidates(bundle, backends, reference_files, threads)
+    candidates = open_candidates(bundle, backends, reference_files, threads, precisions)
     samples = interleaved_runs(candidates, image, boxes, repeats, warmup)
     reference = "pytorch" if reference_files else None
     summary = summarise(samples, persons, reference)
+    for name, deviation in vertex_deviations(candidates, image, boxes).items():
+        summary[name]["vertex_deviation_mm"] = deviation
     if memory:
         for name in candidates:
             summary[name]["peak_rss_mb"] = peak_rss_mb(name, bundle, reference_files, threads, image_size, persons)
@@ -145,6 +202,14 @@ def print_report(report: dict) -> None:
         ratio = (f"{speedup['median']:.2f}x ({speedup['min']:.2f}-{speedup['max']:.2f})" if speedup else "")
         print(f"{name:<14}{entry['median_ms']:>9.1f}{entry['p90_ms']:>9.1f}{entry['min_ms']:>9.1f}"
               f"{entry['throughput_persons_per_s']:>11.2f}{entry.get('peak_rss_mb', float('nan')):>10.0f}{ratio:>22}")
+    deviations = {name: entry["vertex_deviation_mm"] for name, entry in summary.items()
+                  if "vertex_deviation_mm" in entry}
+    if deviations:
+        print("\nvertex deviation on the bench image, mm (see `bodyrt compare` for a set of images; "
+              "re-measure on your checkpoint)")
+        for name, deviation in deviations.items():
+            print(f"{name:<17} max {deviation['max_mm']:7.2f}  mean {deviation['mean_mm']:7.2f}  "
+                  f"against {deviation['against']}")
     stages = sorted({stage for entry in summary.values() for stage in entry["stages_ms"]})
     print("\nmedian per stage, ms")
     print(f"{'stage':<14}" + "".join(f"{name:>14}" for name in summary))

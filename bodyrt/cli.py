@@ -29,16 +29,28 @@ def _run_demo(args):
 def _add_export(commands):
     parser = commands.add_parser("export", help="export a checkpoint to a bundle of ONNX graphs")
     parser.add_argument("--checkpoint", required=True, help="ExPose or bodyrt checkpoint")
-    parser.add_argument("--body-model", required=True, help="SMPL-X model file (SMPLX_NEUTRAL.npz or .pkl)")
+    parser.add_argument("--body-model", required=True, help="SMPL-X model file (SMPLX_NEUTRAL.npz or .pkl); "
+                        "SMPL (SMPL_NEUTRAL.pkl) for --arch hkmr or deform-and-learn")
+    parser.add_argument("--arch", choices=["expose", "hkmr", "deform-and-learn"], default="expose",
+                        help="architecture of the checkpoint (default: %(default)s)")
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced only when complete)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    parser.add_argument("--engine", choices=["onnx", "tensorrt"], default="onnx",
+                        help="tensorrt: also build TensorRT engines for this machine's GPU (default: %(default)s)")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                        help="precision of the GPU graphs and engines; the CPU graphs stay fp32 "
+                             "(default: %(default)s)")
     parser.set_defaults(handler=_export)
 
 
 def _export(args):
     from bodyrt.export.bundle import export_bundle
+    from bodyrt.export.tensorrt import build_gpu_artefacts, check_gpu_export
 
-    path = export_bundle(args.checkpoint, args.body_model, args.out, threads=args.threads)
+    check_gpu_export(args.engine, args.precision)  # a missing TensorRT or GPU fails before the slow export
+    path = export_bundle(args.checkpoint, args.body_model, args.out, threads=args.threads, arch=args.arch)
+    if (args.engine, args.precision) != ("onnx", "fp32"):
+        build_gpu_artefacts(path, args.engine, args.precision)
     print(f"bodyrt: wrote bundle {path}")
 
 
@@ -55,6 +67,11 @@ def _add_run(commands):
                              "default: the whole image")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime "
+                        "or openvino (default: %(default)s)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                        help="fp32 (parity with the reference), bf16 (openvino, CPUs with native bf16) or "
+                             "int8 (needs `bodyrt quantize` first) (default: %(default)s)")
     parser.set_defaults(handler=_run_images)
 
 
@@ -63,8 +80,11 @@ def _run_images(args):
 
     if args.checkpoint and not args.body_model:
         raise InputError("--checkpoint needs --body-model (the SMPL-X file the checkpoint was trained with)")
+    if args.checkpoint and (args.backend, args.precision) != ("onnxruntime", "fp32"):
+        raise InputError("--backend and --precision apply to --bundle; the --checkpoint reference runs PyTorch fp32")
     run_images(args.images, out_dir=args.out, boxes=args.box, bundle=args.bundle,
-               checkpoint=args.checkpoint, body_model=args.body_model, threads=args.threads)
+               checkpoint=args.checkpoint, body_model=args.body_model, threads=args.threads,
+               backend=args.backend, precision=args.precision)
 
 
 def _add_bench(commands):
@@ -75,6 +95,9 @@ def _add_bench(commands):
     parser.add_argument("--body-model", help="SMPL-X file for --reference")
     parser.add_argument("--backend", action="append", help="runtime backend; repeat for several "
                         "(default: onnxruntime)")
+    parser.add_argument("--precision", action="append", choices=["fp32", "bf16", "int8"],
+                        help="precision; repeat for several, each backend runs each it supports "
+                             "(default: fp32)")
     parser.add_argument("--persons", type=int, default=1, help="persons per image (default: %(default)s)")
     parser.add_argument("--image-size", default="720p", help="720p, 1080p or 4k (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
@@ -94,8 +117,79 @@ def _bench(args):
             raise InputError("--reference needs --checkpoint and --body-model")
         reference_files = (args.checkpoint, args.body_model)
     run_bench(bundle=args.bundle, backends=args.backend or ["onnxruntime"], reference_files=reference_files,
+              precisions=args.precision or ["fp32"],
               persons=args.persons, image_size=args.image_size, threads=args.threads, repeats=args.repeats,
               warmup=args.warmup, memory=not args.no_memory, json_path=args.json)
+
+
+def _add_quantize(commands):
+    parser = commands.add_parser("quantize", help="add an int8 variant to a bundle, calibrated on your images")
+    parser.add_argument("--bundle", required=True, help="exported bundle directory (gains the int8 variant)")
+    parser.add_argument("--calibration", required=True, metavar="FOLDER",
+                        help="folder of JPEG/PNG photos, one person each, framed around the person")
+    parser.add_argument("--max-images", type=int, default=100, help="use at most this many (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    parser.set_defaults(handler=_quantize)
+
+
+def _quantize(args):
+    from bodyrt.export.quantize import quantize_bundle
+
+    variant = quantize_bundle(args.bundle, args.calibration, threads=args.threads, max_images=args.max_images)
+    print(f"bodyrt: added the int8 variant ({', '.join(variant['stages'].values())}) to {args.bundle}, "
+          f"calibrated on {variant['calibration']['images']} image(s); check it with bodyrt compare")
+
+
+def _add_compare(commands):
+    parser = commands.add_parser(
+        "compare", help="vertex deviation from fp32 and latency of each precision, on your images")
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="JPEG or PNG files (default: 3 synthetic 720p images)")
+    parser.add_argument("--bundle", required=True, help="exported bundle directory")
+    parser.add_argument("--backend", default="openvino", help="runtime backend (default: %(default)s)")
+    parser.add_argument("--precision", action="append", choices=["fp32", "bf16", "int8"],
+                        help="precision to compare with fp32; repeat (default: bf16 and int8)")
+    parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                        help="person box in pixels, for every image; repeat for several (default: whole image)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds over the images (default: %(default)s)")
+    parser.add_argument("--json", help="write the report to this file")
+    parser.set_defaults(handler=_compare)
+
+
+def _compare(args):
+    from bodyrt.compare import compare_precisions, scenes_from_images, synthetic_scenes
+
+    scenes = scenes_from_images(args.images, args.box) if args.images else synthetic_scenes()
+    compare_precisions(args.bundle, scenes, backend=args.backend, precisions=args.precision or ["bf16", "int8"],
+                       threads=args.threads, repeats=args.repeats, json_path=args.json)
+
+
+def _add_convert(commands):
+    parser = commands.add_parser("convert", help="convert body-model fits between models")
+    conversions = parser.add_subparsers(dest="conversion", required=True, metavar="CONVERSION")
+    smpl = conversions.add_parser(
+        "smpl-to-smplx", help="fit SMPL-X (pose, shape, expression, translation) to SMPL meshes or parameters")
+    smpl.add_argument("input", metavar="INPUT", help=".npz with SMPL 'vertices' (N, 6890, 3), or SMPL parameters "
+                      "('betas', 'global_orient', 'body_pose' axis-angle, optional 'transl')")
+    smpl.add_argument("--correspondence", required=True,
+                      help=".npz SMPL -> SMPL-X correspondence (triangle, triangle_vertices, barycentric, valid)")
+    smpl.add_argument("--smplx-model", required=True, help="SMPL-X model file to fit")
+    smpl.add_argument("--smpl-model", help="SMPL model file; needed when INPUT holds parameters")
+    smpl.add_argument("--out", required=True, help=".npz to write, one row per input body")
+    smpl.add_argument("--batch-size", type=int, default=16, help="fits optimised together (default: %(default)s)")
+    smpl.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    smpl.set_defaults(handler=_convert_smpl_to_smplx)
+
+
+def _convert_smpl_to_smplx(args):
+    from bodyrt.export.convert import FitSettings, convert_file
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    path = convert_file(args.input, args.correspondence, args.smplx_model, args.out, smpl_model=args.smpl_model,
+                        settings=FitSettings(batch_size=args.batch_size), threads=args.threads)
+    print(f"bodyrt: wrote SMPL-X fits {path}")
 
 
 def _add_build_capi(commands):
@@ -125,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_run(commands)
     _add_bench(commands)
+    _add_quantize(commands)
+    _add_compare(commands)
+    _add_convert(commands)
     _add_build_capi(commands)
     return parser
 

@@ -17,8 +17,11 @@ def project_to_image(vertices, camera_scale, camera_translation, crop_transform,
     return (crop_pixels - crop_transform[:2, 2]) / k
 
 
-def render_overlay(image: np.ndarray, outputs: dict, faces: np.ndarray, opacity: float = 0.75) -> np.ndarray:
-    """image (H, W, 3) uint8 + batched outputs (vertices, camera_*, crop_transforms) -> overlay uint8."""
+def render_overlay(image: np.ndarray, outputs: dict, faces: np.ndarray, opacity: float = 0.75,
+                   crop_size: int = 256) -> np.ndarray:
+    """image (H, W, 3) uint8 + batched outputs (vertices, camera_*, crop_transforms) -> overlay uint8.
+
+    crop_size: side of the body crop the camera refers to (256 ExPose, 224 HKMR, deform-and-learn)."""
     from PIL import Image, ImageDraw
 
     canvas = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
@@ -31,7 +34,8 @@ def render_overlay(image: np.ndarray, outputs: dict, faces: np.ndarray, opacity:
         vertices = np.asarray(outputs["vertices"][person], dtype=np.float64)
         points = project_to_image(vertices, float(outputs["camera_scale"][person]),
                                   np.asarray(outputs["camera_translation"][person], dtype=np.float64),
-                                  np.asarray(outputs["crop_transforms"][person], dtype=np.float64))
+                                  np.asarray(outputs["crop_transforms"][person], dtype=np.float64),
+                                  crop_size)
         corners = vertices[faces]  # (F, 3, 3)
         normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
         normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12

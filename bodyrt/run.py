@@ -27,23 +27,24 @@ def person_boxes_for(image: np.ndarray, boxes) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
-def _open_pipeline(bundle, checkpoint, body_model, threads):
+def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime", precision="fp32"):
     if bundle:
         from bodyrt.runtime import open_bundle
 
-        return open_bundle(bundle, threads=threads)
+        return open_bundle(bundle, backend=backend, threads=threads, precision=precision)
     from bodyrt.export.reference import ReferencePipeline
 
     return ReferencePipeline(checkpoint, body_model, threads=threads)
 
 
-def run_images(images, out_dir, boxes=None, bundle=None, checkpoint=None, body_model=None, threads=2) -> int:
+def run_images(images, out_dir, boxes=None, bundle=None, checkpoint=None, body_model=None, threads=2,
+               backend="onnxruntime", precision="fp32") -> int:
     """Run every image; write results under out_dir. Returns the number of images processed.
 
     An image that cannot be read or run is reported and skipped; if any failed, InputError is raised
     at the end (after the others ran) so the CLI exits non-zero.
     """
-    pipeline = _open_pipeline(bundle, checkpoint, body_model, threads)
+    pipeline = _open_pipeline(bundle, checkpoint, body_model, threads, backend, precision)
     if getattr(pipeline, "untrained", False):
         print("bodyrt: note: these weights are UNTRAINED (synthetic); meshes are not meaningful.",
               file=sys.stderr)
@@ -73,16 +74,33 @@ def _write_image_results(out_dir, image_path, image, result, pipeline, bundle) -
     for person in range(count):
         values = {key: value[person] for key, value in result.outputs.items()}
         stem = f"{image_path.stem}_person{person}"
-        write_params(out_dir / f"{stem}_params.npz", values)
+        write_params(out_dir / f"{stem}_params.npz", values, required=_promised_results(pipeline))
         write_ply(out_dir / f"{stem}.ply", values["vertices"], faces)
         if bundle:
             write_obj(out_dir / f"{stem}.obj", values["vertices"], faces)
-        people.append({"person": person, "part_boxes": values["part_boxes"].tolist()})
+        entry = {"person": person}
+        if "part_boxes" in values:  # body-only architectures (HKMR, deform-and-learn) have none
+            entry["part_boxes"] = values["part_boxes"].tolist()
+        people.append(entry)
     if bundle:
         from bodyrt.overlay import render_overlay
 
-        overlay = render_overlay(image, result.outputs, faces)
+        overlay = render_overlay(image, result.outputs, faces, crop_size=_body_crop_size(pipeline))
         save_png(out_dir / f"{image_path.stem}_overlay.png", overlay)
     return {"image": str(image_path), "people": people,
             "timings_ms": {key: round(value, 3) for key, value in result.timings_ms.items()},
             **getattr(result, "info", {})}
+
+
+def _promised_results(pipeline) -> tuple:
+    """The result names a bundle's manifest promises (the ExPose set for the reference pipeline)."""
+    from bodyrt.runtime.outputs import PARAM_KEYS
+
+    manifest = getattr(pipeline, "manifest", None)
+    return tuple(manifest["results"]) if manifest else PARAM_KEYS
+
+
+def _body_crop_size(pipeline) -> int:
+    """Side of the body crop the weak-perspective camera refers to, from the bundle's body_crop step."""
+    steps = getattr(pipeline, "manifest", {}).get("steps", [])
+    return next((step["crop_size"] for step in steps if step["op"] == "body_crop"), 256)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bodyrt.errors import BodyModelError, InputError
+from bodyrt.export.rotations import joint_order_after_levels, take_joints, tree_levels
 
 # ---------------------------------------------------------------------------------------------
 # Facts about the two topologies.
@@ -325,6 +326,31 @@ def _parents_from_kintree(path: Path, kintree: np.ndarray) -> list:
     return parents
 
 
+def _check_shape_dir_count(path: Path, topology: Topology, shape_dirs: np.ndarray) -> None:
+    """SMPL-X files hold 400 (v1.1: 300 shape + 100 expression) or 20 (v1.0) directions; SMPL at least one."""
+    count = shape_dirs.shape[2]
+    if topology.kind == "smplx" and count not in SMPLX_SHAPE_SPLITS:
+        raise BodyModelError(f"{path}: key 'shapedirs' has shape {tuple(shape_dirs.shape)}; expected "
+                             f"({SMPLX.num_vertices}, 3, 400) (v1.1) or ({SMPLX.num_vertices}, 3, 20) (v1.0)")
+    if count == 0:
+        raise BodyModelError(f"{path}: key 'shapedirs' has shape {tuple(shape_dirs.shape)}; "
+                             "expected at least one shape direction")
+
+
+def _topology_of(path: Path, template) -> Topology:
+    """The topology whose vertex count v_template, (V, 3), has; BodyModelError for anything else."""
+    if not isinstance(template, (ChumpyStandIn, SparseStandIn, OpaqueStandIn, dict)):
+        template = np.asarray(template)
+        topology = TOPOLOGIES.get(template.shape[0]) if template.ndim == 2 and template.shape[1] == 3 else None
+        if topology is not None:
+            return topology
+        found = f"has shape {tuple(template.shape)}"
+    else:
+        found = f"holds {_describe(template)}"
+    raise BodyModelError(f"{path}: key 'v_template' {found}; expected ({SMPLX.num_vertices}, 3) for SMPL-X "
+                         f"or ({SMPL.num_vertices}, 3) for SMPL")
+
+
 def load_body_model(path) -> BodyModelData:
     """Read and check an SMPL-X (.npz, .pkl) or SMPL (.pkl, .npz) model file.
 
@@ -338,11 +364,7 @@ def load_body_model(path) -> BodyModelData:
     entries = _read_entries(path, sorted(all_keys))
     if "v_template" not in entries:
         raise BodyModelError(f"{path}: key 'v_template' is missing; not an SMPL or SMPL-X model file")
-    template = _check_array(path, "v_template", entries["v_template"], (None, 3))
-    topology = TOPOLOGIES.get(template.shape[0])
-    if topology is None:
-        raise BodyModelError(f"{path}: key 'v_template' has shape {template.shape}; expected "
-                             f"({SMPLX.num_vertices}, 3) for SMPL-X or ({SMPL.num_vertices}, 3) for SMPL")
+    topology = _topology_of(path, entries["v_template"])
 
     arrays = {}
     for key, expected in expected_shapes(topology).items():
@@ -350,6 +372,8 @@ def load_body_model(path) -> BodyModelData:
             raise BodyModelError(f"{path}: key '{key}' is missing; expected an array of shape "
                                  f"{_format_shape(expected)} ({topology.kind})")
         array = _check_array(path, key, entries[key], expected)
+        if key == "shapedirs":
+            _check_shape_dir_count(path, topology, array)
         if key in INDEX_KEYS:
             arrays[key] = array.astype(np.int64)
         else:
@@ -357,13 +381,6 @@ def load_body_model(path) -> BodyModelData:
                 raise BodyModelError(f"{path}: key '{key}' holds NaN or infinite values")
             arrays[key] = np.ascontiguousarray(array, dtype=np.float32)
 
-    shape_dirs = arrays["shapedirs"].shape[2]
-    if topology.kind == "smplx" and shape_dirs not in SMPLX_SHAPE_SPLITS:
-        raise BodyModelError(f"{path}: key 'shapedirs' has shape {arrays['shapedirs'].shape}; expected "
-                             f"({SMPLX.num_vertices}, 3, 400) (v1.1) or ({SMPLX.num_vertices}, 3, 20) (v1.0)")
-    if shape_dirs == 0:
-        raise BodyModelError(f"{path}: key 'shapedirs' has shape {arrays['shapedirs'].shape}; "
-                             "expected at least one shape direction")
     _check_indices(path, "f", arrays["f"], topology.num_vertices, "vertex indices")
     if topology.kind == "smplx":
         _check_indices(path, "lmk_faces_idx", arrays["lmk_faces_idx"], topology.num_faces, "face indices")
@@ -389,21 +406,27 @@ def pose_features(rotations: torch.Tensor) -> torch.Tensor:
 
 
 def rigid_transform_chain(rotations: torch.Tensor, rest_joints: torch.Tensor, parents: list):
-    """Pose the skeleton along the kinematic tree.
+    """Pose the skeleton along the kinematic tree, one tree level at a time.
 
     rotations (N, J, 3, 3) local; rest_joints (N, J, 3) shaped rest positions; parents Python list.
     Returns (global_rotations (N, J, 3, 3), posed_joints (N, J, 3), skinning_translations (N, J, 3))
     where a rest point x bound to joint j moves to global_rotations[j] @ x + skinning_translations[j].
+    G_j = G_parent @ R_j and P_j = G_parent @ (rest_j - rest_parent) + P_parent, for all the joints
+    of a level at once.
     """
-    rotated = [rotations[:, 0]]
-    positions = [rest_joints[:, 0]]
-    for joint in range(1, len(parents)):
-        parent = parents[joint]
-        bone = (rest_joints[:, joint] - rest_joints[:, parent])[..., None]  # (N, 3, 1)
-        positions.append((rotated[parent] @ bone)[..., 0] + positions[parent])
-        rotated.append(rotated[parent] @ rotations[:, joint])
-    global_rotation = torch.stack(rotated, dim=1)
-    posed_joints = torch.stack(positions, dim=1)
+    levels = tree_levels(parents)
+    rotated = [take_joints(rotations, levels[0])]
+    positions = [take_joints(rest_joints, levels[0])]
+    for previous, level in zip(levels, levels[1:]):
+        parents_in_previous = [previous.index(parents[joint]) for joint in level]
+        parent_rotations = take_joints(rotated[-1], parents_in_previous)
+        bones = take_joints(rest_joints, level) - take_joints(rest_joints, [parents[joint] for joint in level])
+        parent_positions = take_joints(positions[-1], parents_in_previous)
+        positions.append((parent_rotations @ bones[..., None])[..., 0] + parent_positions)
+        rotated.append(parent_rotations @ take_joints(rotations, level))
+    joint_order = joint_order_after_levels(levels)
+    global_rotation = take_joints(torch.cat(rotated, dim=1), joint_order)
+    posed_joints = take_joints(torch.cat(positions, dim=1), joint_order)
     translations = posed_joints - (global_rotation @ rest_joints[..., None])[..., 0]
     return global_rotation, posed_joints, translations
 

@@ -1,9 +1,9 @@
 """Rotation conversions and the kinematic chain, as plain torch functions that export to ONNX.
 
-Every function works on any number of leading axes and uses only elementwise math, matmul,
-slicing with constant indices and `torch.where`: no einsum, no data-dependent shapes, no
-`torch.cross`, so both torch ONNX exporters (TorchScript and dynamo) take them as they are.
-Rotation matrices act on column vectors: x' = R @ x.
+Every function works on any number of leading axes (the chain functions on (N, J, ...)) and uses
+only elementwise math, matmul, slices and gathers with constant indices and `torch.where`: no
+einsum, no data-dependent shapes, no `torch.cross`, so both torch ONNX exporters (TorchScript and
+dynamo) take them as they are. Rotation matrices act on column vectors: x' = R @ x.
 """
 
 import torch
@@ -127,16 +127,48 @@ def mirror_rotation(rotations: torch.Tensor) -> torch.Tensor:
     return rotations * sign_matrix
 
 
+def tree_levels(parents: list[int]) -> list[list[int]]:
+    """Joints grouped by depth in the tree: [[root], the root's children, their children, ...].
+
+    parents: a Python list of J ints, parents[0] = -1 and parents[j] < j. Each level is ascending and
+    every joint of level d > 0 has its parent in level d - 1, so one batched step per level poses the
+    whole tree (11 steps for SMPL-X's 55 joints): a much smaller exported graph than one per joint.
+    """
+    depth = []
+    for parent in parents:
+        depth.append(0 if parent < 0 else depth[parent] + 1)
+    return [[joint for joint, d in enumerate(depth) if d == level] for level in range(max(depth) + 1)]
+
+
+def joint_order_after_levels(levels: list[list[int]]) -> list[int]:
+    """Where each joint sits once the levels are concatenated: position_of[j] for j = 0 .. J - 1."""
+    order = [joint for level in levels for joint in level]
+    return [order.index(joint) for joint in range(len(order))]
+
+
+def take_joints(tensor: torch.Tensor, joint_ids: list[int]) -> torch.Tensor:
+    """(N, J, ...) -> (N, len(joint_ids), ...) along axis 1, joint_ids a Python list of ints.
+
+    A contiguous run of ids is a slice; anything else a gather with constant indices.
+    """
+    first = joint_ids[0]
+    if joint_ids == list(range(first, first + len(joint_ids))):
+        return tensor[:, first:first + len(joint_ids)]
+    return tensor.index_select(1, torch.tensor(joint_ids, dtype=torch.int64, device=tensor.device))
+
+
 def global_rotations(local_rotations: torch.Tensor, parents: list[int]) -> torch.Tensor:
     """(N, J, 3, 3) rotations relative to the parent joint -> (N, J, 3, 3) rotations in model space.
 
     parents: a Python list of J ints, parents[0] = -1 and parents[j] < j (kinematic tree order).
-    G_0 = R_0, G_j = G_parent(j) @ R_j.
+    G_0 = R_0, G_j = G_parent(j) @ R_j, evaluated one tree level at a time.
     """
     if len(parents) != local_rotations.shape[1]:
         raise InputError(f"global_rotations: {len(parents)} parents for local_rotations of shape "
                          f"{tuple(local_rotations.shape)}; expected (N, {len(parents)}, 3, 3)")
-    chain = [local_rotations[:, 0]]
-    for joint in range(1, len(parents)):
-        chain.append(chain[parents[joint]] @ local_rotations[:, joint])
-    return torch.stack(chain, dim=1)
+    levels = tree_levels(parents)
+    per_level = [take_joints(local_rotations, levels[0])]
+    for previous, level in zip(levels, levels[1:]):
+        parent_rotations = take_joints(per_level[-1], [previous.index(parents[joint]) for joint in level])
+        per_level.append(parent_rotations @ take_joints(local_rotations, level))
+    return take_joints(torch.cat(per_level, dim=1), joint_order_after_levels(levels))

@@ -1,21 +1,20 @@
 // crops.cu: the body crop and the hand/face crops, cut on the GPU from the full-resolution image.
 //
-// Reference: shared/REFERENCE.md section 2. The CPU reference is bodyrt.runtime.crops; the
-// validation (tests/test_kernel_host.py) runs this file on the CPU through host_shim.h against
-// torch grid_sample and cv2.resize.
+// Reference: shared/REFERENCE.md section 2. The CPU references are torch grid_sample (part crops),
+// cv2.resize (body crop) and bodyrt.runtime.crops; tests/test_kernel_host.py runs this very file on
+// the CPU (g++ with host_shim.h) against them. Launch interface: kernels/README.md and
+// bodyrt.kernels.launch, which builds the grid, the block and the argument list.
 //
-// Source image: uint8, interleaved H x W x 3, RGB or BGR, `pitch` bytes between rows.
-// Output: NCHW, channels always in RGB order, float32 or float16 (the *_f16 entry points write
-// IEEE half bits). `normalisation` is a device array of 6 floats: mean[3], std[3] (RGB order).
+// Source image: uint8, interleaved H x W x 3, RGB or BGR (bgr != 0), `pitch` bytes between rows.
+// Output: NCHW, channels in RGB order, float32 (*_f32) or IEEE half bits (*_f16).
+// mean_* and std_* are the normalisation constants in RGB order: value = (pixel/255 - mean) / std.
 //
-// Launch both kernels with block (CROP_BLOCK_WIDTH, 1, 1) and
-// grid (ceil(crop_size / CROP_BLOCK_WIDTH), crop_size, number of crops): one thread per output
-// pixel, computing its three channels.
+// One thread per output pixel, computing its three channels: threads (x, y) of the grid are crop
+// column and row, blockIdx.z is the crop. Any block shape works; bodyrt.kernels.launch uses (32, 8, 1)
+// with grid (ceil(n / 32), ceil(n / 8), number of crops) for n x n crops.
 //
 // Positions are computed in double: a float32 coordinate near x = 1000 is off by up to 6e-5 px,
 // which on a sharp edge moves the output by 3e-4, well above the 1e-5 the crops are held to.
-
-#define CROP_BLOCK_WIDTH 128
 
 struct Taps {
     int first, second;                 // pixel indices along one axis, always inside the image
@@ -32,21 +31,25 @@ __host__ __device__ inline int clamp_index(int index, int length)
 
 __host__ __device__ inline Taps taps_with_zero_outside(int first, float fraction, int length)
 {
-    int second = first + 1;
     Taps taps;
     taps.first_weight = (first >= 0 && first < length) ? 1.0f - fraction : 0.0f;
-    taps.second_weight = (second >= 0 && second < length) ? fraction : 0.0f;
+    taps.second_weight = (first + 1 >= 0 && first + 1 < length) ? fraction : 0.0f;
     // An outside tap still reads a real pixel, which its zero weight then cancels.
     taps.first = clamp_index(first, length);
-    taps.second = clamp_index(second, length);
+    taps.second = clamp_index(first + 1, length);
     return taps;
+}
+
+__host__ __device__ inline float unit_pixel(const unsigned char* image, long long pitch, int row, int column,
+                                            int source_channel)
+{
+    return (float)image[row * pitch + column * 3 + source_channel] / 255.0f;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Part crops: grid_sample(normalised image, bilinear, zero padding, align_corners=True).
 
-// Crop pixel `index` of `crop_size` samples centre - size/2 + size * index/(crop_size-1) (pixels,
-// centres at integers), in the order of operations the PyTorch reference uses.
+// Crop pixel `index` of n samples centre - size/2 + size * index/(n-1) (pixel centres at integers).
 __host__ __device__ inline double part_crop_position(double centre, double size, int index, int crop_size)
 {
     return (centre - size / 2.0) + size * ((double)index / (double)(crop_size - 1));
@@ -60,21 +63,16 @@ __host__ __device__ inline Taps part_crop_taps(double position, int length)
     return taps_with_zero_outside((int)first, (float)(position - first), length);
 }
 
-__host__ __device__ inline float normalised_pixel(const unsigned char* image, long long pitch, int row, int column,
-                                                  int source_channel, float mean, float std)
-{
-    float value = (float)image[row * pitch + column * 3 + source_channel] / 255.0f;
-    return (value - mean) / std;
-}
-
-// Zero padding happens in normalised space here: an outside tap adds nothing to the normalised value.
+// Zero padding in normalised space: each tap is normalised first, so an outside tap adds 0, not -mean/std.
 __host__ __device__ inline float part_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
                                                  int source_channel, float mean, float std)
 {
-    float top = columns.first_weight * normalised_pixel(image, pitch, rows.first, columns.first, source_channel, mean, std)
-              + columns.second_weight * normalised_pixel(image, pitch, rows.first, columns.second, source_channel, mean, std);
-    float bottom = columns.first_weight * normalised_pixel(image, pitch, rows.second, columns.first, source_channel, mean, std)
-                 + columns.second_weight * normalised_pixel(image, pitch, rows.second, columns.second, source_channel, mean, std);
+    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel) - mean) / std;
+    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel) - mean) / std;
+    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel) - mean) / std;
+    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel) - mean) / std;
+    float top = columns.first_weight * top_left + columns.second_weight * top_right;
+    float bottom = columns.first_weight * bottom_left + columns.second_weight * bottom_right;
     return rows.first_weight * top + rows.second_weight * bottom;
 }
 
@@ -82,12 +80,12 @@ __host__ __device__ inline float part_crop_value(const unsigned char* image, lon
 // Body crop: integer rectangle [ul, br), zero outside the image, cv2.resize INTER_LINEAR, normalise.
 
 struct BodyRect {
-    double centre_x, centre_y, size; // float crop transform inputs, full-image pixels
-    int left, top, width, height;    // integer rectangle the pixels are cut from
+    double centre_x, centre_y, size; // the float crop transform's inputs, full-image pixels
+    int left, top, width, height;    // the integer rectangle the pixels are cut from
     bool valid;
 };
 
-// Corners beyond this many pixels are rejected, so rectangle arithmetic stays in int.
+// Corners beyond 2^30 px are rejected (bodyrt.runtime.crops.MAX_BOX_COORDINATE), so ints never overflow.
 #define BODY_RECT_LIMIT 1073741824.0
 
 __host__ __device__ inline BodyRect body_rect(const float* box, double box_scale)
@@ -109,15 +107,18 @@ __host__ __device__ inline BodyRect body_rect(const float* box, double box_scale
     return rect;
 }
 
-// One axis of cv2.resize INTER_LINEAR from a rectangle of `rect_length` pixels starting at image
-// pixel `rect_origin` to `crop_size` pixels. The source position is rounded to float before the
-// floor, and clamped to the rectangle's edge pixels, exactly as OpenCV computes its tables.
+// One axis of cv2.resize INTER_LINEAR from `rect_length` pixels starting at image pixel `rect_origin`
+// to `crop_size` pixels: source (index + 0.5) * scale - 0.5 in double, clamped to the rectangle's edge
+// pixels. (OpenCV 4 rounded the source to float first; for crop_size 256 both are exact, as
+// (index + 0.5) * rect_length / 256 is a short binary fraction. The double form matches OpenCV 5 at
+// any crop size.)
 __host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rect_origin, int rect_length, int length)
 {
     double scale = 1.0 / ((double)crop_size / (double)rect_length);
-    float source = (float)((index + 0.5) * scale - 0.5);
-    int first = (int)floor(source);
-    float fraction = source - (float)first;
+    double source = (index + 0.5) * scale - 0.5;
+    double first_position = floor(source);
+    int first = (int)first_position;
+    float fraction = (float)(source - first_position);
     if (first < 0) {
         first = 0;
         fraction = 0.0f;
@@ -126,16 +127,11 @@ __host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rec
         first = rect_length - 1;
         fraction = 0.0f;
     }
-    // With fraction 0 at the right edge the second tap may lie past the rectangle: its weight is 0.
+    // At the right edge the second tap may lie past the rectangle, but its weight is 0 there.
     return taps_with_zero_outside(rect_origin + first, fraction, length);
 }
 
-__host__ __device__ inline float unit_pixel(const unsigned char* image, long long pitch, int row, int column, int source_channel)
-{
-    return (float)image[row * pitch + column * 3 + source_channel] / 255.0f;
-}
-
-// Zero padding happens before normalisation here: outside taps add nothing to the [0, 1] value.
+// Zero padding before normalisation: outside taps add 0 to the [0, 1] value, which is then normalised.
 __host__ __device__ inline float body_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
                                                  int source_channel, float mean, float std)
 {
@@ -143,11 +139,10 @@ __host__ __device__ inline float body_crop_value(const unsigned char* image, lon
               + unit_pixel(image, pitch, rows.first, columns.second, source_channel) * columns.second_weight;
     float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel) * columns.first_weight
                  + unit_pixel(image, pitch, rows.second, columns.second, source_channel) * columns.second_weight;
-    float value = top * rows.first_weight + bottom * rows.second_weight;
-    return (value - mean) / std;
+    return (top * rows.first_weight + bottom * rows.second_weight - mean) / std;
 }
 
-// Row-major 3x3, full-image pixels -> crop pixels: diag k = crop_size/S, translation crop_size*(0.5 - c/S).
+// Row-major 3x3, full-image pixels -> crop pixels: diagonal n/S, translation n*(0.5 - c/S); zeros if invalid.
 __host__ __device__ inline void body_crop_transform(BodyRect rect, int crop_size, float* transform)
 {
     for (int i = 0; i < 9; ++i) transform[i] = 0.0f;
@@ -175,93 +170,116 @@ __device__ inline unsigned short half_bits(float value)
 __device__ inline void store(float* destination, float value) { *destination = value; }
 __device__ inline void store(unsigned short* destination, float value) { *destination = half_bits(value); }
 
-// boxes: rows of (cx, cy, S) full-image pixels; crop k reads row box_rows[k] (k when box_rows is
-// null), so the kernel can read hands and faces straight out of the body engine's (N, 3, 3) boxes.
-// mirror[k] != 0 flips crop k horizontally (the left hand); mirror may be null. A box with a
-// non-finite value or a negative size gives an all-zero crop (the CPU path raises instead).
+template <typename Out>
+__device__ inline void store_pixel(Out* pixel, long long plane, float red, float green, float blue)
+{
+    store(pixel, red);
+    store(pixel + plane, green);
+    store(pixel + 2 * plane, blue);
+}
+
+// part_boxes: the body engine's (people, boxes_per_person, 3) rows of (cx, cy, S), full-image pixels.
+// Crop k = person * parts_per_person + j reads box (person, first_part + j) and is mirrored
+// horizontally when bit (first_part + j) of mirror_mask is set. A box with a non-finite value or a
+// negative size gives an all-zero crop (it lives on the device, so nothing can raise here).
 template <typename Out>
 __device__ void cut_part_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                               const float* normalisation, const float* boxes, const int* box_rows,
-                               const unsigned char* mirror, int crop_size, Out* out)
+                               float mean_r, float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                               const float* part_boxes, int boxes_per_person, int first_part, int parts_per_person,
+                               unsigned int mirror_mask, int crop_size, Out* out)
 {
     int u = blockIdx.x * blockDim.x + threadIdx.x;
-    int v = blockIdx.y;
+    int v = blockIdx.y * blockDim.y + threadIdx.y;
     int k = blockIdx.z;
-    if (u >= crop_size) return;
+    if (u >= crop_size || v >= crop_size) return;
     long long plane = (long long)crop_size * crop_size;
     Out* pixel = out + (long long)k * 3 * plane + (long long)v * crop_size + u;
 
-    const float* box = boxes + 3 * (long long)(box_rows ? box_rows[k] : k);
+    int part = first_part + k % parts_per_person;
+    const float* box = part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part);
     double centre_x = box[0], centre_y = box[1], size = box[2];
     if (!is_finite(centre_x) || !is_finite(centre_y) || !is_finite(size) || size < 0.0) {
-        for (int c = 0; c < 3; ++c) store(pixel + c * plane, 0.0f);
+        store_pixel(pixel, plane, 0.0f, 0.0f, 0.0f);
         return;
     }
-    // Mirrored: crop column u holds what column crop_size-1-u would.
-    int column = (mirror && mirror[k]) ? crop_size - 1 - u : u;
+    // Mirrored: crop column u holds what column n-1-u would.
+    int column = (mirror_mask >> part) & 1u ? crop_size - 1 - u : u;
     Taps columns = part_crop_taps(part_crop_position(centre_x, size, column, crop_size), width);
     Taps rows = part_crop_taps(part_crop_position(centre_y, size, v, crop_size), height);
-    for (int c = 0; c < 3; ++c) {
-        int source_channel = bgr ? 2 - c : c;
-        store(pixel + c * plane, part_crop_value(image, pitch, rows, columns, source_channel,
-                                                 normalisation[c], normalisation[3 + c]));
-    }
+    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r),
+                part_crop_value(image, pitch, rows, columns, 1, mean_g, std_g),
+                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b));
 }
 
-// person_boxes (N, 4) x0, y0, x1, y1 full-image pixels -> out (N, 3, crop_size, crop_size) and
-// transforms (N, 3, 3) float32. An invalid box (non-finite, empty, inverted, empty rectangle) gives
-// an all-zero crop and an all-zero transform; the host validates boxes before they get here.
+// person_boxes (people, 4) x0, y0, x1, y1 full-image pixels -> out (people, 3, n, n) and transforms
+// (people, 3, 3) float32. An invalid box (non-finite, empty, inverted, empty integer rectangle) gives
+// an all-zero crop and transform; the host rejects such boxes before uploading them.
 template <typename Out>
 __device__ void cut_body_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                               const float* normalisation, const float* person_boxes, double box_scale,
-                               int crop_size, Out* out, float* transforms)
+                               float mean_r, float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                               const float* person_boxes, double box_scale, int crop_size, Out* out,
+                               float* transforms)
 {
     int u = blockIdx.x * blockDim.x + threadIdx.x;
-    int v = blockIdx.y;
+    int v = blockIdx.y * blockDim.y + threadIdx.y;
     int k = blockIdx.z;
-    if (u >= crop_size) return;
+    if (u >= crop_size || v >= crop_size) return;
     long long plane = (long long)crop_size * crop_size;
     Out* pixel = out + (long long)k * 3 * plane + (long long)v * crop_size + u;
 
     BodyRect rect = body_rect(person_boxes + 4 * (long long)k, box_scale);
     if (u == 0 && v == 0) body_crop_transform(rect, crop_size, transforms + 9 * (long long)k);
     if (!rect.valid) {
-        for (int c = 0; c < 3; ++c) store(pixel + c * plane, 0.0f);
+        store_pixel(pixel, plane, 0.0f, 0.0f, 0.0f);
         return;
     }
     Taps columns = body_crop_taps(u, crop_size, rect.left, rect.width, width);
     Taps rows = body_crop_taps(v, crop_size, rect.top, rect.height, height);
-    for (int c = 0; c < 3; ++c) {
-        int source_channel = bgr ? 2 - c : c;
-        store(pixel + c * plane, body_crop_value(image, pitch, rows, columns, source_channel,
-                                                 normalisation[c], normalisation[3 + c]));
-    }
+    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r),
+                body_crop_value(image, pitch, rows, columns, 1, mean_g, std_g),
+                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b));
 }
 
+// The entry points, extern "C" for cuModuleGetFunction. bodyrt.kernels.launch.KERNEL_PARAMETERS lists
+// the same parameters in the same order; tests/test_kernel_host.py checks the two agree.
+
 extern "C" __global__ void part_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                                          const float* normalisation, const float* boxes, const int* box_rows,
-                                          const unsigned char* mirror, int crop_size, float* out)
+                                          float mean_r, float mean_g, float mean_b,
+                                          float std_r, float std_g, float std_b,
+                                          const float* part_boxes, int boxes_per_person, int first_part,
+                                          int parts_per_person, unsigned int mirror_mask, int crop_size, float* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, normalisation, boxes, box_rows, mirror, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, part_boxes,
+                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void part_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                                          const float* normalisation, const float* boxes, const int* box_rows,
-                                          const unsigned char* mirror, int crop_size, unsigned short* out)
+                                          float mean_r, float mean_g, float mean_b,
+                                          float std_r, float std_g, float std_b,
+                                          const float* part_boxes, int boxes_per_person, int first_part,
+                                          int parts_per_person, unsigned int mirror_mask, int crop_size,
+                                          unsigned short* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, normalisation, boxes, box_rows, mirror, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, part_boxes,
+                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void body_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                                          const float* normalisation, const float* person_boxes, double box_scale,
-                                          int crop_size, float* out, float* transforms)
+                                          float mean_r, float mean_g, float mean_b,
+                                          float std_r, float std_g, float std_b,
+                                          const float* person_boxes, double box_scale, int crop_size, float* out,
+                                          float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, normalisation, person_boxes, box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, person_boxes,
+                   box_scale, crop_size, out, transforms);
 }
 
 extern "C" __global__ void body_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                                          const float* normalisation, const float* person_boxes, double box_scale,
-                                          int crop_size, unsigned short* out, float* transforms)
+                                          float mean_r, float mean_g, float mean_b,
+                                          float std_r, float std_g, float std_b,
+                                          const float* person_boxes, double box_scale, int crop_size,
+                                          unsigned short* out, float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, normalisation, person_boxes, box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, person_boxes,
+                   box_scale, crop_size, out, transforms);
 }

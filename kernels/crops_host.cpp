@@ -1,50 +1,58 @@
-// crops_host.cpp: the host build of crops.cu. Each entry emulates the kernel's launch on the CPU.
+// crops_host.cpp: the host build of crops.cu, for tests on machines without a GPU.
+//
+// bodyrt_host_launch takes what cuLaunchKernel takes (kernel name, grid, block, and kernelParams: one
+// pointer per argument, pointing at its value) and runs the kernel's own code once per emulated
+// thread, so the Python launch description (bodyrt.kernels.launch) is exercised exactly as on a GPU.
 // Built by bodyrt.kernels.build.build_host_library; called through bodyrt.kernels.host (ctypes).
+#include <cstring>
+
 #include "host_shim.h"
 #include "crops.cu"
 
-static dim3 crop_grid(int crop_size, int count)
+template <typename T>
+static T argument(void** parameters, int index)
 {
-    dim3 grid;
-    grid.x = (crop_size + CROP_BLOCK_WIDTH - 1) / CROP_BLOCK_WIDTH;
-    grid.y = crop_size;
-    grid.z = count;
-    return grid;
+    return *static_cast<T*>(parameters[index]);
 }
 
-static dim3 crop_block()
+template <typename Out, typename Kernel>
+static void launch_part_crops(Kernel kernel, dim3 grid, dim3 block, void** p)
 {
-    dim3 block;
-    block.x = CROP_BLOCK_WIDTH;
-    return block;
-}
-
-extern "C" int bodyrt_crop_block_width() { return CROP_BLOCK_WIDTH; }
-
-extern "C" void bodyrt_host_part_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                                       const float* normalisation, const float* boxes, const int* box_rows,
-                                       const unsigned char* mirror, int count, int crop_size, int half, void* out)
-{
-    emulate_launch(crop_grid(crop_size, count), crop_block(), [&] {
-        if (half)
-            part_crops_f16(image, height, width, pitch, bgr, normalisation, boxes, box_rows, mirror, crop_size,
-                           (unsigned short*)out);
-        else
-            part_crops_f32(image, height, width, pitch, bgr, normalisation, boxes, box_rows, mirror, crop_size,
-                           (float*)out);
+    emulate_launch(grid, block, [&] {
+        kernel(argument<const unsigned char*>(p, 0), argument<int>(p, 1), argument<int>(p, 2),
+               argument<long long>(p, 3), argument<int>(p, 4), argument<float>(p, 5), argument<float>(p, 6),
+               argument<float>(p, 7), argument<float>(p, 8), argument<float>(p, 9), argument<float>(p, 10),
+               argument<const float*>(p, 11), argument<int>(p, 12), argument<int>(p, 13), argument<int>(p, 14),
+               argument<unsigned int>(p, 15), argument<int>(p, 16), argument<Out*>(p, 17));
     });
 }
 
-extern "C" void bodyrt_host_body_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
-                                       const float* normalisation, const float* person_boxes, double box_scale,
-                                       int count, int crop_size, int half, void* out, float* transforms)
+template <typename Out, typename Kernel>
+static void launch_body_crops(Kernel kernel, dim3 grid, dim3 block, void** p)
 {
-    emulate_launch(crop_grid(crop_size, count), crop_block(), [&] {
-        if (half)
-            body_crops_f16(image, height, width, pitch, bgr, normalisation, person_boxes, box_scale, crop_size,
-                           (unsigned short*)out, transforms);
-        else
-            body_crops_f32(image, height, width, pitch, bgr, normalisation, person_boxes, box_scale, crop_size,
-                           (float*)out, transforms);
+    emulate_launch(grid, block, [&] {
+        kernel(argument<const unsigned char*>(p, 0), argument<int>(p, 1), argument<int>(p, 2),
+               argument<long long>(p, 3), argument<int>(p, 4), argument<float>(p, 5), argument<float>(p, 6),
+               argument<float>(p, 7), argument<float>(p, 8), argument<float>(p, 9), argument<float>(p, 10),
+               argument<const float*>(p, 11), argument<double>(p, 12), argument<int>(p, 13),
+               argument<Out*>(p, 14), argument<float*>(p, 15));
     });
+}
+
+// Returns 0, or -1 for an unknown kernel name.
+extern "C" int bodyrt_host_launch(const char* kernel, const unsigned* grid, const unsigned* block, void** parameters)
+{
+    dim3 grid_size{grid[0], grid[1], grid[2]};
+    dim3 block_size{block[0], block[1], block[2]};
+    if (std::strcmp(kernel, "part_crops_f32") == 0)
+        launch_part_crops<float>(part_crops_f32, grid_size, block_size, parameters);
+    else if (std::strcmp(kernel, "part_crops_f16") == 0)
+        launch_part_crops<unsigned short>(part_crops_f16, grid_size, block_size, parameters);
+    else if (std::strcmp(kernel, "body_crops_f32") == 0)
+        launch_body_crops<float>(body_crops_f32, grid_size, block_size, parameters);
+    else if (std::strcmp(kernel, "body_crops_f16") == 0)
+        launch_body_crops<unsigned short>(body_crops_f16, grid_size, block_size, parameters);
+    else
+        return -1;
+    return 0;
 }

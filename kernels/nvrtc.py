@@ -10,7 +10,9 @@ BackendUnavailableError saying what to install. Nothing here needs a GPU or a dr
 from bodyrt.errors import BackendUnavailableError, ExportError
 from bodyrt.kernels.build import KERNEL_SOURCE
 
-NVRTC_INSTALL_HINT = "pip install cuda-python nvidia-cuda-nvrtc (or bodyrt[gpu])"
+# NVRTC's major version must not exceed the driver's CUDA major version (see kernels/README.md).
+NVRTC_INSTALL_HINT = ("pip install cuda-bindings nvidia-cuda-nvrtc for CUDA 13 drivers (>= 580), or "
+                      "'cuda-bindings<13' nvidia-cuda-nvrtc-cu12 for CUDA 12 drivers (>= 525)")
 
 
 def _import_nvrtc():

@@ -9,7 +9,7 @@ import numpy as np
 
 from bodyrt.errors import BackendUnavailableError
 
-CPU_BACKENDS = ("onnxruntime",)
+CPU_BACKENDS = ("onnxruntime", "openvino")
 
 
 class OnnxRuntimeRunner:
@@ -49,12 +49,36 @@ class OnnxRuntimeRunner:
 
 def available_backends() -> list[str]:
     """The CPU backends whose libraries import here, in order of preference for benchmarks."""
+    import importlib.util
+
     found = ["onnxruntime"]
-    return found
+    try:
+        if importlib.util.find_spec("openvino") is not None:
+            found.append("openvino")
+    except (ImportError, ValueError):  # ValueError: a module entry without a spec (stubbed out)
+        pass
+    from bodyrt.runtime.gpu import available_gpu_backends
+
+    return found + available_gpu_backends()
 
 
-def make_runner(backend: str, model_path, threads: int = 2):
-    """The runner for one stage graph on the named backend."""
+def make_runner(backend: str, model_path, threads: int = 2, precision: str = "fp32", **options):
+    """The runner for one stage graph on the named backend.
+
+    precision: what this graph runs at (fp32; int8 for a quantized graph file; bf16 on openvino only).
+    options: backend-specific (openvino: model_sha256, input_specs, cache_dir).
+    """
     if backend == "onnxruntime":
+        if precision == "bf16":
+            raise BackendUnavailableError("bf16 runs on the openvino backend only (ONNX Runtime's CPU provider "
+                                          "has no bf16 mode); use --backend openvino")
         return OnnxRuntimeRunner(model_path, threads=threads)
+    if backend == "openvino":
+        from bodyrt.runtime.openvino_backend import OpenVinoRunner
+
+        return OpenVinoRunner(model_path, threads=threads, precision=precision, **options)
+    if backend in ("tensorrt", "cuda"):  # GPU backends take their precision from the bundle's "gpu" section
+        from bodyrt.runtime.gpu import make_gpu_runner
+
+        return make_gpu_runner(backend, model_path)
     raise BackendUnavailableError(f"unknown backend {backend!r}; available here: {', '.join(CPU_BACKENDS)}")

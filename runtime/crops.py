@@ -75,13 +75,14 @@ def part_crop_taps(positions: np.ndarray, length: int):
 def body_crop_taps(crop_size: int, rect_origin: int, rect_length: int, length: int):
     """cv2.resize INTER_LINEAR taps from a rectangle of rect_length pixels at image pixel rect_origin.
 
-    Source position (d + 0.5) * rect_length/crop_size - 0.5, rounded to float32 before the floor and
-    clamped to the rectangle's edge pixels, as OpenCV builds its tables; taps outside the image get 0.
+    Source position (d + 0.5) * rect_length/crop_size - 0.5 in float64, clamped to the rectangle's
+    edge pixels, as OpenCV builds its tables; taps outside the image get weight 0. (OpenCV 4 rounded
+    the position to float32 first; for crop_size 256 both are exact. float64 matches OpenCV 5 at any size.)
     """
     scale = 1.0 / (crop_size / rect_length)
-    source = ((np.arange(crop_size) + 0.5) * scale - 0.5).astype(np.float32)
+    source = (np.arange(crop_size) + 0.5) * scale - 0.5
     first = np.floor(source)
-    fraction = source - first
+    fraction = (source - first).astype(np.float32)
     first = first.astype(np.int64)
     at_left = first < 0
     at_right = first >= rect_length - 1

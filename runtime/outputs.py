@@ -9,9 +9,12 @@ PARAM_KEYS = ("vertices", "joints", "global_orient", "body_pose", "left_hand_pos
               "jaw_pose", "betas", "expression", "camera_scale", "camera_translation")
 
 
-def write_params(path, person: dict) -> Path:
-    """Save one person's results (every PARAM_KEYS entry, plus any extra arrays given) as .npz."""
-    missing = [key for key in PARAM_KEYS if key not in person]
+def write_params(path, person: dict, required=PARAM_KEYS) -> Path:
+    """Save one person's results (every `required` entry, plus any extra arrays given) as .npz.
+
+    required: the names that must be there; the ExPose set by default, a bundle's manifest `results`
+    for other architectures (SMPL ones have no hand, jaw or expression entries)."""
+    missing = [key for key in required if key not in person]
     if missing:
         raise KeyError(f"person result lacks {missing}")
     path = Path(path)

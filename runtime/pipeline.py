@@ -40,13 +40,45 @@ def pinhole_camera(scale, translation, crop_transforms, focal_length: float, cro
     }
 
 
-class Pipeline:
-    """A bundle opened on a backend; call it with (image, person_boxes)."""
+def stage_plan(bundle, precision: str = "fp32") -> dict:
+    """stage name -> {"file", "precision"}: which graph each stage runs, at which precision.
 
-    def __init__(self, bundle, backend: str = "onnxruntime", threads: int = 2):
+    fp32: the exported graphs. bf16: the same graphs, except the manifest's `fp32_stages`, which stay
+    fp32 (lower precision costs them fidelity out of proportion to its speed). int8: the graphs of the
+    bundle's int8 variant (written by `bodyrt quantize`); stages it leaves out stay fp32.
+    """
+    if precision not in ("fp32", "bf16", "int8"):
+        raise InputError(f"precision must be fp32, bf16 or int8, got {precision!r}")
+    manifest = bundle.manifest
+    keep_fp32 = set(manifest.get("fp32_stages", []))
+    quantized = {}
+    if precision == "int8":
+        variant = manifest.get("variants", {}).get("int8")
+        if not variant:
+            raise BundleError(f"{bundle.path}: the bundle has no int8 variant; make one with "
+                              f"bodyrt quantize --bundle {bundle.path} --calibration IMAGE_FOLDER")
+        quantized = variant["stages"]
+    plan = {}
+    for stage in manifest["stages"]:
+        name = stage["name"]
+        if precision == "int8" and name in quantized:
+            plan[name] = {"file": quantized[name], "precision": "int8"}
+        elif precision == "bf16" and name not in keep_fp32:
+            plan[name] = {"file": stage["file"], "precision": "bf16"}
+        else:
+            plan[name] = {"file": stage["file"], "precision": "fp32"}
+    return plan
+
+
+class Pipeline:
+    """A bundle opened on a backend at a precision; call it with (image, person_boxes)."""
+
+    def __init__(self, bundle, backend: str = "onnxruntime", threads: int = 2, precision: str = "fp32"):
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = backend
+        self.precision = precision
+        self.plan = stage_plan(bundle, precision)
         preprocessing = self.manifest["preprocessing"]
         self.mean = np.asarray(preprocessing["mean"], dtype=np.float32)
         self.std = np.asarray(preprocessing["std"], dtype=np.float32)
@@ -54,8 +86,14 @@ class Pipeline:
         self.untrained = bool(self.manifest["source"].get("untrained", False))
         self.runners = {}
         for stage in self.manifest["stages"]:
-            runner = make_runner(backend, bundle.file(stage["file"]), threads=threads)
+            planned = self.plan[stage["name"]]
+            runner = make_runner(backend, bundle.file(planned["file"]), threads=threads,
+                                 precision=planned["precision"], input_specs=stage["inputs"],
+                                 model_sha256=self.manifest["files"].get(planned["file"]))
             self.runners[stage["name"]] = runner.activate()
+        # what each stage actually runs at, as the backend reports it when it can
+        self.stage_precisions = {name: getattr(runner, "precision_ran", None) or self.plan[name]["precision"]
+                                 for name, runner in self.runners.items()}
 
     def __call__(self, image: np.ndarray, person_boxes, channel_order: str = "rgb") -> Result:
         """image (H, W, 3) uint8; person_boxes (N, 4) x0, y0, x1, y1 pixels -> Result."""
@@ -68,9 +106,11 @@ class Pipeline:
             start = time.perf_counter()
             tensors.update(self._run_step(step, image, tensors, channel_order))
             timings[step["name"]] = timings.get(step["name"], 0.0) + (time.perf_counter() - start) * 1000.0
+        self.last_tensors = tensors  # every intermediate of the last call (calibration reads the stage inputs)
         outputs = {name: tensors[name] for name in self.manifest["results"]}
         return Result(outputs=outputs, timings_ms=timings,
-                      info={"backend": self.backend, "precision": self.manifest.get("precision", "fp32")})
+                      info={"backend": self.backend, "precision": self.precision,
+                            "stage_precisions": dict(self.stage_precisions)})
 
     def _run_step(self, step: dict, image, tensors: dict, channel_order: str) -> dict:
         op = step["op"]
@@ -100,6 +140,6 @@ class Pipeline:
             runner.deactivate()
 
 
-def open_bundle(path, backend: str = "onnxruntime", threads: int = 2) -> Pipeline:
-    """Verify a bundle and open every stage on the backend."""
-    return Pipeline(read_bundle(path), backend=backend, threads=threads)
+def open_bundle(path, backend: str = "onnxruntime", threads: int = 2, precision: str = "fp32") -> Pipeline:
+    """Verify a bundle and open every stage on the backend at the precision (fp32, bf16, int8)."""
+    return Pipeline(read_bundle(path), backend=backend, threads=threads, precision=precision)

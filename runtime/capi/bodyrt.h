@@ -2,25 +2,41 @@
  *
  * Build the library, this header and an example with `bodyrt build-capi --out DIR`, then
  *     gcc service.c -IDIR -LDIR -lbodyrt -Wl,-rpath,DIR
+ * The header and the library come from the same build; use them together.
  *
  * libbodyrt runs bodyrt's Python runtime (ONNX Runtime on the CPU by default) in an interpreter it
- * starts itself on the first call that needs it (about 0.2 s, plus opening the bundle). It finds
- * the Python environment it was built from without any environment variable.
+ * starts on the first call that needs one (about 0.2 s, plus opening the bundle). That interpreter
+ * is the Python environment the library was built from, found without any environment variable;
+ * the host's PYTHONHOME, PYTHONPATH and other PYTHON* variables are ignored, and its signal
+ * handlers are left alone. The interpreter lives until the process exits. A process that already
+ * runs Python (ctypes, an embedding host) gets BODYRT_ERROR_PYTHON: use bodyrt.runtime there.
  *
  * Handles. A pipeline (an opened bundle) and a result (the outputs of one run) are small structs
  * holding an id, never a pointer. Ids are never reused: a handle that was destroyed or released
  * gives BODYRT_ERROR_INVALID_HANDLE, never a crash. The zero handle, `{0}`, is "no handle".
  *
- * Errors. Every function that can fail returns a bodyrt_status. The message of the latest failed
- * call is kept per thread (bodyrt_last_error) and, for calls given a pipeline or one of its
- * results, per pipeline (bodyrt_pipeline_last_error). Messages name the argument at fault.
+ * Errors. Every function that can fail returns a bodyrt_status; messages name the function and
+ * the argument at fault. The message of the latest failed call is kept per thread
+ * (bodyrt_last_error) and, for calls given a pipeline or one of its results, per pipeline
+ * (bodyrt_pipeline_last_error).
+ *
+ * Lifetimes.
+ *   pipeline      from bodyrt_create until bodyrt_destroy.
+ *   result        from bodyrt_run until bodyrt_release; independent of its pipeline (it stays
+ *                 valid after bodyrt_destroy).
+ *   bodyrt_output_data pointers   library-owned, read-only, until bodyrt_release of the result.
+ *   bodyrt_faces pointer          library-owned, read-only, until bodyrt_destroy of the pipeline.
+ *   bodyrt_version, bodyrt_status_name strings    static.
+ *   bodyrt_last_error string      thread-local, until the next failed call on the same thread.
+ *   Inputs (pixels, boxes, paths) are read during the call only; the library keeps no pointer.
  *
  * Thread safety. Every function may be called from any thread. Calls into Python take the
- * interpreter lock (the GIL); each pipeline also has its own lock, held for the whole of a
- * bodyrt_run, so threads sharing a pipeline run one at a time. Give each thread its own pipeline
- * to run in parallel: ONNX Runtime releases the GIL while it computes. Results are independent of
- * each other and of their pipeline (they stay valid after bodyrt_destroy); reading one result from
- * several threads is safe, releasing it while another thread reads it is not.
+ * interpreter lock (the GIL) for their bookkeeping; each pipeline also has a lock held for the
+ * whole of a bodyrt_run, so threads sharing a pipeline run one at a time (safe, not parallel).
+ * Give each thread its own pipeline to run in parallel: ONNX Runtime releases the GIL while it
+ * computes. bodyrt_destroy waits for a run in progress on the pipeline; runs that start after it
+ * fail with BODYRT_ERROR_INVALID_HANDLE. Reading one result from several threads is safe;
+ * releasing it while another thread still reads its bodyrt_output_data pointers is not.
  *
  * Arrays. Outputs are float32, C order, the person on the first axis, the shapes listed at
  * bodyrt_output. Capacities and counts are in elements (floats, int32s), not bytes.
@@ -51,7 +67,8 @@ typedef enum bodyrt_status {
     BODYRT_ERROR_BUFFER_TOO_SMALL = 3,   /* a caller buffer below the needed count; nothing copied */
     BODYRT_ERROR_BUNDLE = 4,             /* the bundle directory is missing, incomplete or modified */
     BODYRT_ERROR_BACKEND_UNAVAILABLE = 5, /* the backend is unknown or its libraries are missing */
-    BODYRT_ERROR_PYTHON = 6,             /* the embedded Python or bodyrt failed to start */
+    BODYRT_ERROR_PYTHON = 6,             /* the embedded Python or bodyrt failed to start, or the
+                                            process already runs Python */
     BODYRT_ERROR_RUNTIME = 7,            /* any other bodyrt error */
     BODYRT_ERROR_INTERNAL = 8            /* an unexpected exception: a bug, please report it */
 } bodyrt_status;
@@ -99,7 +116,7 @@ BODYRT_API const char *bodyrt_status_name(bodyrt_status status);
 
 /* The message of the latest failed call on this thread ("" if none). Thread-local storage,
  * overwritten by the next failed call on this thread; successful calls leave it as it is.
- * The only message there is for failures before a pipeline exists (bodyrt_create). */
+ * It is the only place a failed bodyrt_create, or a failure to start Python, is described. */
 BODYRT_API const char *bodyrt_last_error(void);
 
 /* ---- pipelines -------------------------------------------------------------------------- */
@@ -134,8 +151,10 @@ BODYRT_API bodyrt_status bodyrt_copy_faces(bodyrt_pipeline pipeline, int32_t *bu
 
 /* Run one image with person_count person boxes.
  * pixels: height rows of width pixels, 3 bytes each in channel_order; row_stride bytes from the
- *   start of one row to the next (>= 3 * width). Read during the call only.
- * boxes: person_count x (x0, y0, x1, y1), image pixels. Read during the call only.
+ *   start of one row to the next (>= 3 * width). The caller guarantees that
+ *   row_stride * (height - 1) + 3 * width bytes are readable. Read during the call only.
+ * boxes: person_count x (x0, y0, x1, y1) floats, image pixels, x1 > x0 and y1 > y0. The caller
+ *   guarantees 4 * person_count readable floats. Read during the call only.
  * On success *result is a new result, to release with bodyrt_release; on failure it is {0}. */
 BODYRT_API bodyrt_status bodyrt_run(bodyrt_pipeline pipeline, const uint8_t *pixels, int width,
                                     int height, int64_t row_stride,

@@ -52,27 +52,36 @@ static void bodyrt_record_start_error(const char *message)
 }
 
 /* Start the interpreter as the build's python executable, so that it finds the same prefix,
- * venv and site-packages, without signal handlers; then let cffi run the init code. */
+ * venv and site-packages; then let cffi run the init code. The configuration is isolated: the
+ * host's PYTHONHOME, PYTHONPATH and other PYTHON* variables (perhaps meant for another Python)
+ * are ignored, and the host keeps its signal handlers.
+ *
+ * A process that already runs Python is refused: cffi's start-up (cffi 2.0, CPython 3.8 to
+ * 3.11) borrows PyCapsule_Type.tp_version_tag as a spin lock, and a running interpreter may have
+ * set that tag already, which aborts or hangs the process. Python code calls bodyrt.runtime. */
 static void start_python(void)
 {
-    if (!Py_IsInitialized()) {
-        PyConfig config;
-        PyStatus status;
-        PyConfig_InitPythonConfig(&config);
-        config.install_signal_handlers = 0;
-        config.parse_argv = 0;
-        status = PyConfig_SetBytesString(&config, &config.program_name, BODYRT_BUILD_PYTHON);
-        if (!PyStatus_Exception(status))
-            status = Py_InitializeFromConfig(&config);
-        PyConfig_Clear(&config);
-        if (PyStatus_Exception(status)) {
-            snprintf(python_start_error, sizeof python_start_error,
-                     "the embedded Python (%s) failed to start: %s", BODYRT_BUILD_PYTHON,
-                     status.err_msg ? status.err_msg : "no reason given");
-            return;
-        }
-        PyEval_SaveThread();
+    PyConfig config;
+    PyStatus status;
+    if (Py_IsInitialized()) {
+        snprintf(python_start_error, sizeof python_start_error,
+                 "libbodyrt cannot run in a process that already runs Python; "
+                 "from Python, use bodyrt.runtime.open_bundle instead");
+        return;
     }
+    PyConfig_InitIsolatedConfig(&config);
+    config.site_import = 1;  /* site-packages, and the .pth files of editable installs */
+    status = PyConfig_SetBytesString(&config, &config.program_name, BODYRT_BUILD_PYTHON);
+    if (!PyStatus_Exception(status))
+        status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        snprintf(python_start_error, sizeof python_start_error,
+                 "the embedded Python (%s) failed to start: %s", BODYRT_BUILD_PYTHON,
+                 status.err_msg ? status.err_msg : "no reason given");
+        return;
+    }
+    PyEval_SaveThread();
     if (cffi_start_python() != 0) {
         if (python_start_error[0] == '\0')
             snprintf(python_start_error, sizeof python_start_error,

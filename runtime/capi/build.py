@@ -2,9 +2,9 @@
 
 cffi writes one C file: its embedding code, then bodyrt_capi.c (the exported functions), then the
 glue of the `extern "Python"` functions of embedded.py. gcc links it against this Python's
-libpython, with an rpath to it. The init code records this interpreter (its executable, which
-locates the prefix, a venv and site-packages) and sys.path, so a host needs no PYTHONHOME or
-PYTHONPATH.
+libpython, with an rpath to it. The library records this interpreter's executable (which locates
+the prefix, a venv and its site-packages) and the init code this interpreter's sys.path, so a host
+needs no PYTHONHOME or PYTHONPATH (and any it has are ignored: the interpreter is isolated).
 """
 
 import contextlib
@@ -25,7 +25,7 @@ from bodyrt.errors import BodyrtError
 SOURCE_DIR = Path(__file__).resolve().parent
 HEADER = SOURCE_DIR / "bodyrt.h"
 C_LAYER = SOURCE_DIR / "bodyrt_capi.c"
-EXAMPLE = SOURCE_DIR / "minimal.c"
+EXAMPLE = SOURCE_DIR / "minimal.c"  # the README's C snippet
 MODULE_NAME = "_bodyrt_capi"
 LIBRARY_NAME = "libbodyrt.so"
 
@@ -46,6 +46,10 @@ except BaseException as error:
 """
 
 
+class CapiBuildError(BodyrtError):
+    """libbodyrt could not be built: no C compiler, no shared libpython, no cffi, or a compile error."""
+
+
 def compiler() -> str:
     return os.environ.get("CC", "gcc")
 
@@ -63,8 +67,8 @@ def cdef_text() -> str:
 def python_library() -> tuple[str, str]:
     """(directory, name) of this Python's shared libpython, e.g. ("/usr/lib", "python3.11")."""
     if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        raise BodyrtError(f"{sys.executable} has no shared libpython, which libbodyrt links against; "
-                          "use a Python built with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)")
+        raise CapiBuildError(f"{sys.executable} has no shared libpython, which libbodyrt links against; "
+                             "use a Python built with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)")
     name = f"python{sysconfig.get_python_version()}{getattr(sys, 'abiflags', '')}"
     return sysconfig.get_config_var("LIBDIR"), name
 
@@ -74,8 +78,8 @@ def write_c_source(path: Path) -> Path:
     try:
         import cffi
     except ImportError:
-        raise BodyrtError("building libbodyrt needs cffi: pip install 'bodyrt[capi]'") from None
-    recorded_path = [entry for entry in sys.path if entry and os.path.isabs(entry)]
+        raise CapiBuildError("building libbodyrt needs cffi: pip install 'bodyrt[capi]'") from None
+    recorded_path = [entry for entry in sys.path if os.path.isabs(entry) and os.path.isdir(entry)]
     constants = (f"#define BODYRT_BUILD_VERSION {json.dumps(__version__)}\n"
                  f"#define BODYRT_BUILD_PYTHON {json.dumps(sys.executable, ensure_ascii=False)}\n")
     ffi = cffi.FFI()
@@ -89,9 +93,12 @@ def write_c_source(path: Path) -> Path:
 
 
 def run_compiler(command: list[str]):
-    completed = subprocess.run(command, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise CapiBuildError(f"C compiler {command[0]!r} not found; install gcc or set CC") from None
     if completed.returncode != 0:
-        raise BodyrtError(f"{' '.join(command)} failed:\n{completed.stderr.strip()}")
+        raise CapiBuildError(f"{' '.join(command)} failed:\n{completed.stderr.strip()}")
 
 
 def build_library(out_dir) -> dict:
@@ -100,7 +107,7 @@ def build_library(out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     python_libdir, python_name = python_library()
     library = out_dir / LIBRARY_NAME
-    with tempfile.TemporaryDirectory(prefix="bodyrt-capi-") as work:
+    with tempfile.TemporaryDirectory(prefix=".bodyrt-capi-", dir=out_dir) as work:  # same filesystem
         c_source = write_c_source(Path(work) / f"{MODULE_NAME}.c")
         partial = Path(work) / LIBRARY_NAME
         run_compiler([compiler(), "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-pthread",
@@ -115,7 +122,7 @@ def build_library(out_dir) -> dict:
     return {"library": library, "header": header, "example_source": example_source, "example": example}
 
 
-def compile_command(source, program, library_dir) -> list[str]:
-    """The gcc command that builds a C program against libbodyrt in library_dir."""
-    return [compiler(), "-O2", "-Wall", "-pthread", str(source), "-o", str(program), f"-I{library_dir}",
-            f"-L{library_dir}", "-lbodyrt", f"-Wl,-rpath,{library_dir}"]
+def compile_command(source, program, library_dir, extra_flags=()) -> list[str]:
+    """The gcc command that builds a C program against libbodyrt (and bodyrt.h) in library_dir."""
+    return [compiler(), "-O2", "-Wall", *extra_flags, "-pthread", str(source), "-o", str(program),
+            f"-I{library_dir}", f"-L{library_dir}", "-lbodyrt", f"-Wl,-rpath,{library_dir}"]

@@ -9,10 +9,13 @@
  *
  * Exits 0 when every check made in C passed; the test checks the rest.
  */
+#define _POSIX_C_SOURCE 200809L /* pthread barriers, nanosleep under -std=c11 */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bodyrt.h"
 
@@ -154,11 +157,19 @@ static int check_outputs(char **argv)
     return 0;
 }
 
-static void report(const char *name, bodyrt_status status, size_t count)
+static void print_case(const char *name, bodyrt_status status, size_t count)
 {
     printf("%s\t%s\t%zu\t%s\n", name, bodyrt_status_name(status),
            count, status == BODYRT_OK ? "" : bodyrt_last_error());
 }
+
+/* One line per call: its status, `count` as the call left it (zeroed before) and its message. */
+#define REPORT(name, call)                            \
+    do {                                              \
+        count = 0;                                    \
+        bodyrt_status reported_status = (call);       \
+        print_case(name, reported_status, count);     \
+    } while (0)
 
 static int check_errors(char **argv)
 {
@@ -179,87 +190,81 @@ static int check_errors(char **argv)
 
     printf("version\t%s\t0\t%s\n", bodyrt_status_name(BODYRT_OK), bodyrt_version());
     printf("status_name_99\t%s\t0\t\n", bodyrt_status_name((bodyrt_status)99));
-    report("create_null_bundle_dir", bodyrt_create(NULL, NULL, &pipeline), 0);
-    report("create_missing_bundle", bodyrt_create("/nonexistent/bundle", NULL, &pipeline), 0);
-    report("create_bad_bundle", bodyrt_create(bad_bundle, NULL, &pipeline), 0);
+    REPORT("create_null_bundle_dir", bodyrt_create(NULL, NULL, &pipeline));
+    REPORT("create_missing_bundle", bodyrt_create("/nonexistent/bundle", NULL, &pipeline));
+    REPORT("create_bad_bundle", bodyrt_create(bad_bundle, NULL, &pipeline));
     CHECK(pipeline.id == 0);
-    report("create_null_pipeline", bodyrt_create(bundle, NULL, NULL), 0);
+    REPORT("create_null_pipeline", bodyrt_create(bundle, NULL, NULL));
     options.threads = 0;
-    report("create_zero_threads", bodyrt_create(bundle, &options, &pipeline), 0);
+    REPORT("create_zero_threads", bodyrt_create(bundle, &options, &pipeline));
     options.threads = -3;
-    report("create_negative_threads", bodyrt_create(bundle, &options, &pipeline), 0);
+    REPORT("create_negative_threads", bodyrt_create(bundle, &options, &pipeline));
     options = bodyrt_default_options();
     options.backend = NULL;
-    report("create_null_backend", bodyrt_create(bundle, &options, &pipeline), 0);
+    REPORT("create_null_backend", bodyrt_create(bundle, &options, &pipeline));
     options.backend = "no-such-backend";
-    report("create_unknown_backend", bodyrt_create(bundle, &options, &pipeline), 0);
+    REPORT("create_unknown_backend", bodyrt_create(bundle, &options, &pipeline));
 
     options = bodyrt_default_options();
     CHECK(bodyrt_create(bundle, &options, &pipeline) == BODYRT_OK && pipeline.id != 0);
     int64_t stride = 3 * (int64_t)width;
-    report("run_null_pixels", bodyrt_run(pipeline, NULL, width, height, stride, BODYRT_RGB, box, 1, &result), 0);
+    REPORT("run_null_pixels", bodyrt_run(pipeline, NULL, width, height, stride, BODYRT_RGB, box, 1, &result));
     CHECK(result.id == 0);
-    report("run_zero_width", bodyrt_run(pipeline, image, 0, height, stride, BODYRT_RGB, box, 1, &result), 0);
-    report("run_negative_height", bodyrt_run(pipeline, image, width, -5, stride, BODYRT_RGB, box, 1, &result), 0);
-    report("run_short_stride", bodyrt_run(pipeline, image, width, height, stride - 1, BODYRT_RGB, box, 1, &result), 0);
-    report("run_negative_stride", bodyrt_run(pipeline, image, width, height, -stride, BODYRT_RGB, box, 1, &result), 0);
-    report("run_bad_channel_order",
-           bodyrt_run(pipeline, image, width, height, stride, (bodyrt_channel_order)7, box, 1, &result), 0);
-    report("run_null_boxes", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, NULL, 1, &result), 0);
-    report("run_zero_persons", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, 0, &result), 0);
-    report("run_negative_persons", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, -2, &result), 0);
-    report("run_null_result", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, 1, NULL), 0);
+    REPORT("run_zero_width", bodyrt_run(pipeline, image, 0, height, stride, BODYRT_RGB, box, 1, &result));
+    REPORT("run_negative_height", bodyrt_run(pipeline, image, width, -5, stride, BODYRT_RGB, box, 1, &result));
+    REPORT("run_short_stride", bodyrt_run(pipeline, image, width, height, stride - 1, BODYRT_RGB, box, 1, &result));
+    REPORT("run_negative_stride", bodyrt_run(pipeline, image, width, height, -stride, BODYRT_RGB, box, 1, &result));
+    REPORT("run_bad_channel_order", bodyrt_run(pipeline, image, width, height, stride, (bodyrt_channel_order)7, box, 1, &result));
+    REPORT("run_null_boxes", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, NULL, 1, &result));
+    REPORT("run_zero_persons", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, 0, &result));
+    REPORT("run_negative_persons", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, -2, &result));
+    REPORT("run_null_result", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, 1, NULL));
     float inverted_box[4] = {box[2], box[3], box[0], box[1]};
-    report("run_inverted_box",
-           bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, inverted_box, 1, &result), 0);
+    REPORT("run_inverted_box", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, inverted_box, 1, &result));
 
-    report("pipeline_last_error", bodyrt_pipeline_last_error(pipeline, message, sizeof message), 0);
+    REPORT("pipeline_last_error", bodyrt_pipeline_last_error(pipeline, message, sizeof message));
     printf("pipeline_last_error_message\tBODYRT_OK\t0\t%s\n", message);
-    report("pipeline_last_error_truncated", bodyrt_pipeline_last_error(pipeline, message, 8), 0);
+    REPORT("pipeline_last_error_truncated", bodyrt_pipeline_last_error(pipeline, message, 8));
     printf("pipeline_last_error_truncated_message\tBODYRT_OK\t0\t%s\n", message);
-    report("pipeline_last_error_null_message", bodyrt_pipeline_last_error(pipeline, NULL, 8), 0);
-    report("pipeline_last_error_zero_capacity", bodyrt_pipeline_last_error(pipeline, message, 0), 0);
+    REPORT("pipeline_last_error_null_message", bodyrt_pipeline_last_error(pipeline, NULL, 8));
+    REPORT("pipeline_last_error_zero_capacity", bodyrt_pipeline_last_error(pipeline, message, 0));
 
     CHECK(bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, 1, &result) == BODYRT_OK);
-    count = 0;
-    report("copy_too_small", bodyrt_copy_output(result, BODYRT_OUTPUT_VERTICES, floats, 16, &count), count);
-    report("copy_betas_too_small", bodyrt_copy_output(result, BODYRT_OUTPUT_BETAS, floats, 9, NULL), 0);
-    count = 0;
-    report("copy_betas", bodyrt_copy_output(result, BODYRT_OUTPUT_BETAS, floats, 16, &count), count);
-    report("copy_null_buffer", bodyrt_copy_output(result, BODYRT_OUTPUT_BETAS, NULL, 16, &count), 0);
-    report("copy_bad_output", bodyrt_copy_output(result, (bodyrt_output)99, floats, 16, &count), 0);
-    report("data_null_data", bodyrt_output_data(result, BODYRT_OUTPUT_JOINTS, NULL, &count), 0);
-    report("data_null_count", bodyrt_output_data(result, BODYRT_OUTPUT_JOINTS, &data, NULL), 0);
-    report("shape_null_shape", bodyrt_output_shape(result, BODYRT_OUTPUT_BODY_POSE, NULL, &ndim), 0);
-    report("shape_null_ndim", bodyrt_output_shape(result, BODYRT_OUTPUT_BODY_POSE, shape, NULL), 0);
-    report("person_count_null", bodyrt_person_count(result, NULL), 0);
-    count = 0;
-    report("faces_too_small", bodyrt_copy_faces(pipeline, ints, 16, &count), count);
-    report("faces_null_pointer", bodyrt_faces(pipeline, NULL, &count), 0);
-    report("faces_null_count", bodyrt_faces(pipeline, &faces, NULL), 0);
-    report("result_last_error", bodyrt_pipeline_last_error(pipeline, message, sizeof message), 0);
+    REPORT("copy_too_small", bodyrt_copy_output(result, BODYRT_OUTPUT_VERTICES, floats, 16, &count));
+    REPORT("copy_betas_too_small", bodyrt_copy_output(result, BODYRT_OUTPUT_BETAS, floats, 9, NULL));
+    REPORT("copy_betas", bodyrt_copy_output(result, BODYRT_OUTPUT_BETAS, floats, 16, &count));
+    REPORT("copy_null_buffer", bodyrt_copy_output(result, BODYRT_OUTPUT_BETAS, NULL, 16, &count));
+    REPORT("copy_bad_output", bodyrt_copy_output(result, (bodyrt_output)99, floats, 16, &count));
+    REPORT("result_last_error", bodyrt_pipeline_last_error(pipeline, message, sizeof message));
     printf("result_last_error_message\tBODYRT_OK\t0\t%s\n", message);
+    REPORT("data_null_data", bodyrt_output_data(result, BODYRT_OUTPUT_JOINTS, NULL, &count));
+    REPORT("data_null_count", bodyrt_output_data(result, BODYRT_OUTPUT_JOINTS, &data, NULL));
+    REPORT("shape_null_shape", bodyrt_output_shape(result, BODYRT_OUTPUT_BODY_POSE, NULL, &ndim));
+    REPORT("shape_null_ndim", bodyrt_output_shape(result, BODYRT_OUTPUT_BODY_POSE, shape, NULL));
+    REPORT("person_count_null", bodyrt_person_count(result, NULL));
+    REPORT("faces_too_small", bodyrt_copy_faces(pipeline, ints, 16, &count));
+    REPORT("faces_null_pointer", bodyrt_faces(pipeline, NULL, &count));
+    REPORT("faces_null_count", bodyrt_faces(pipeline, &faces, NULL));
 
     stale_result = result;
-    report("release", bodyrt_release(result), 0);
-    report("release_again", bodyrt_release(stale_result), 0);
-    report("copy_after_release", bodyrt_copy_output(stale_result, BODYRT_OUTPUT_BETAS, floats, 16, &count), 0);
-    report("data_after_release", bodyrt_output_data(stale_result, BODYRT_OUTPUT_BETAS, &data, &count), 0);
-    report("person_count_after_release", bodyrt_person_count(stale_result, &count), 0);
+    REPORT("release", bodyrt_release(result));
+    REPORT("release_again", bodyrt_release(stale_result));
+    REPORT("copy_after_release", bodyrt_copy_output(stale_result, BODYRT_OUTPUT_BETAS, floats, 16, &count));
+    REPORT("data_after_release", bodyrt_output_data(stale_result, BODYRT_OUTPUT_BETAS, &data, &count));
+    REPORT("person_count_after_release", bodyrt_person_count(stale_result, &count));
     bodyrt_result never_made = {123456789};
-    report("never_made_result", bodyrt_person_count(never_made, &count), 0);
+    REPORT("never_made_result", bodyrt_person_count(never_made, &count));
     bodyrt_result no_result = {0};
-    report("release_zero_result", bodyrt_release(no_result), 0);
+    REPORT("release_zero_result", bodyrt_release(no_result));
 
     stale_pipeline = pipeline;
-    report("destroy", bodyrt_destroy(pipeline), 0);
-    report("destroy_again", bodyrt_destroy(stale_pipeline), 0);
-    report("run_after_destroy",
-           bodyrt_run(stale_pipeline, image, width, height, stride, BODYRT_RGB, box, 1, &result), 0);
-    report("faces_after_destroy", bodyrt_faces(stale_pipeline, &faces, &count), 0);
-    report("last_error_after_destroy", bodyrt_pipeline_last_error(stale_pipeline, message, sizeof message), 0);
+    REPORT("destroy", bodyrt_destroy(pipeline));
+    REPORT("destroy_again", bodyrt_destroy(stale_pipeline));
+    REPORT("run_after_destroy", bodyrt_run(stale_pipeline, image, width, height, stride, BODYRT_RGB, box, 1, &result));
+    REPORT("faces_after_destroy", bodyrt_faces(stale_pipeline, &faces, &count));
+    REPORT("last_error_after_destroy", bodyrt_pipeline_last_error(stale_pipeline, message, sizeof message));
     bodyrt_pipeline no_pipeline = {0};
-    report("destroy_zero_pipeline", bodyrt_destroy(no_pipeline), 0);
+    REPORT("destroy_zero_pipeline", bodyrt_destroy(no_pipeline));
     free(image);
     return 0;
 }
@@ -355,7 +360,8 @@ static void run_workers(worker_args *template, int count, int own_pipelines)
 typedef struct {
     bodyrt_pipeline pipeline;
     worker_args *template;
-    int ok_runs, invalid_handle_runs, other_statuses;
+    atomic_int ok_runs;  /* read by the main thread while the racer runs */
+    int invalid_handle_runs, other_statuses;
 } racer_args;
 
 /* Runs until the pipeline is destroyed under it: every status must be OK or INVALID_HANDLE. */
@@ -368,7 +374,7 @@ static void *racer(void *argument)
                                           args->template->height, 3 * (int64_t)args->template->width,
                                           BODYRT_RGB, args->template->box, 1, &result);
         if (status == BODYRT_OK) {
-            args->ok_runs++;
+            atomic_fetch_add(&args->ok_runs, 1);
             bodyrt_release(result);
         } else if (status == BODYRT_ERROR_INVALID_HANDLE) {
             args->invalid_handle_runs++;
@@ -404,18 +410,19 @@ static int check_threads(char **argv)
     printf("pipeline per thread: %d threads x %d runs match\n", OWNING_THREADS, RUNS_PER_THREAD);
 
     racer_args racers[2] = {{shared, &template, 0, 0, 0}, {shared, &template, 0, 0, 0}};
+    struct timespec pause = {0, 1000000};
     pthread_t threads[2];
     for (int i = 0; i < 2; i++)
         CHECK(pthread_create(&threads[i], NULL, racer, &racers[i]) == 0);
-    while (racers[0].ok_runs + racers[1].ok_runs == 0)
-        ;  /* spin until a run finished, so the destroy lands mid-stream */
+    while (atomic_load(&racers[0].ok_runs) + atomic_load(&racers[1].ok_runs) == 0)
+        nanosleep(&pause, NULL);  /* until a run finished, so the destroy lands mid-stream */
     CHECK(bodyrt_destroy(shared) == BODYRT_OK);
     for (int i = 0; i < 2; i++) {
         pthread_join(threads[i], NULL);
         CHECK(racers[i].invalid_handle_runs == 1 && racers[i].other_statuses == 0);
     }
     printf("destroy during runs: %d runs finished, then BODYRT_ERROR_INVALID_HANDLE\n",
-           racers[0].ok_runs + racers[1].ok_runs);
+           atomic_load(&racers[0].ok_runs) + atomic_load(&racers[1].ok_runs));
 
     CHECK(bodyrt_release(result) == BODYRT_OK);  /* a result outlives its pipeline */
     free(image);
