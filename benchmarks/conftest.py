@@ -5,7 +5,19 @@ Short mode (the default, and what CI runs): one person, 720p, a few rounds. Full
 BODYRT_BENCH_FULL=1 pytest benchmarks --benchmark-json=bench.json
 """
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_outside_the_source_tree(tmp_path_factory):
+    """Subprocesses start in a scratch directory: from the repository root, the top-level `bodyrt/`
+    folder would shadow the installed package (which holds bodyrt.export, .runtime and .kernels)."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.getbasetemp())
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,18 @@
 """Shared, session-scoped artefacts: synthetic body models, a checkpoint and a bundle, built once per run."""
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_outside_the_source_tree(tmp_path_factory):
+    """Subprocesses start in a scratch directory: from the repository root, the top-level `bodyrt/`
+    folder would shadow the installed package (which holds bodyrt.export, .runtime and .kernels)."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.getbasetemp())
+    yield
+    os.chdir(previous)
 
 
 def pytest_collection_modifyitems(config, items):
