@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,15 @@ def export_onnx(module, sample_inputs: tuple, path: Path, input_names, output_na
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes={name: {0: "people"} for name in [*input_names, *output_names]})
             return
-        program = torch.onnx.export(module, sample_inputs, dynamo=True, opset_version=OPSET,
-                                    input_names=list(input_names), output_names=list(output_names),
-                                    dynamic_shapes=dynamic_shapes, optimize=True, verify=False,
-                                    external_data=False)
+        # The exporter narrates every pass and warns about torchvision and axis names; the export's
+        # own progress bar is what the user should see.
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, sample_inputs, dynamo=True, opset_version=OPSET,
+                                        input_names=list(input_names), output_names=list(output_names),
+                                        dynamic_shapes=dynamic_shapes, optimize=True, verify=False,
+                                        external_data=False, verbose=False)
         program.save(str(path))
     except Exception as error:  # the exporters raise many types; name the stage and keep the cause
         raise ExportError(f"exporting {path.name} failed: {type(error).__name__}: {error}") from error
