@@ -67,8 +67,8 @@ def _add_run(commands):
                              "default: the whole image")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
-    parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime "
-                        "or openvino (default: %(default)s)")
+    parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime, "
+                        "openvino, or on a GPU tensorrt or cuda (default: %(default)s)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
                         help="fp32 (parity with the reference), bf16 (openvino, CPUs with native bf16) or "
                              "int8 (needs `bodyrt quantize` first) (default: %(default)s)")

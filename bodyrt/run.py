@@ -30,7 +30,10 @@ def person_boxes_for(image: np.ndarray, boxes) -> np.ndarray:
 def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime", precision="fp32"):
     if bundle:
         from bodyrt.runtime import open_bundle
+        from bodyrt.runtime.gpu import GPU_BACKENDS, open_device_pipeline
 
+        if backend in GPU_BACKENDS:  # engines linked by the crop kernel on one stream; precision is the bundle's
+            return open_device_pipeline(bundle, backend=backend)
         return open_bundle(bundle, backend=backend, threads=threads, precision=precision)
     from bodyrt.export.reference import ReferencePipeline
 
