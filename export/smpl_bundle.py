@@ -35,6 +35,7 @@ SMPL_REGRESSOR_FORMAT = "bodyrt-smpl-regressor-weights"
 SMPL_REGRESSOR_FORMAT_VERSION = 1
 PARITY_TOLERANCE = 1e-4  # largest |onnx - torch| of any output: metres, rotation entries, scales
 PINHOLE_OUTPUTS = ["crop_transforms", "focal_length", "pinhole_translation"]
+MODEL_NAMES = {"smpl": "SMPL", "smplx": "SMPL-X"}
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def load_smpl_body_model(path, arch: str):
     data = load_body_model(path)
     if data.kind != "smpl":
         raise BodyModelError(f"{path}: --arch {arch} needs an SMPL model file (6890 vertices); "
-                             f"this one is {data.kind.upper()}")
+                             f"this one is {MODEL_NAMES.get(data.kind, data.kind)}")
     return data
 
 
