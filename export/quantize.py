@@ -5,11 +5,12 @@ activations, signed 8-bit per-channel weights, min/max ranges, and only Conv ope
 The QDQ graphs run on both OpenVINO (which fuses them into int8 kernels) and ONNX Runtime.
 
 Why ONNX Runtime's tool rather than NNCF: both write QDQ graphs that OpenVINO runs at the same speed
-(hand stage, 4.7 ms either way here), but NNCF's default scope also quantizes the MatMuls of the
-joints-only SMPL-X layer inside the body stage, which moved the part boxes by ~400 px on the demo
-weights; restricting it needs a hand-kept ignored scope per architecture. "Conv only" says the same
-thing in one line, keeps the SMPL-X and rotation math at fp32 (part boxes within ~1 px), and needs
-no dependency beyond onnxruntime and onnx, where NNCF brings a dozen packages.
+(hand stage, 4.7 ms either way, measured on a Xeon with VNNI when this was written), but NNCF's
+default scope also quantizes the MatMuls of the joints-only SMPL-X layer inside the body stage, which
+moved the part boxes by ~400 px on the demo weights; restricting it needs a hand-kept ignored scope
+per architecture. "Conv only" says the same thing in one line, keeps the SMPL-X and rotation math at
+fp32 (part boxes within ~1 px of fp32, also on an AVX2-only EPYC), and needs nothing beyond
+onnxruntime and onnx, which the runtime already installs, where NNCF brings a dozen packages.
 
 Each image is one person, its box the whole image (crop the calibration photos around one person).
 The fp32 runtime runs every image so that each stage is calibrated on its real inputs (the hand and
@@ -83,17 +84,30 @@ class _FeedReader:
         pass
 
 
+class _DropPreprocessingAdvice(logging.Filter):
+    """quantize_static advises, through the root logger, running its shape-inference pre-processing
+    first; the exported stage graphs carry their shapes already, so the advice is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 def quantize_graph(source: Path, target: Path, feeds: list[dict]) -> None:
     """Quantize one ONNX graph (Conv only, QDQ, u8 activations, s8 per-channel weights) to `target`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as scratch:
-        partial = Path(scratch) / target.name
-        quantize_static(str(source), str(partial), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-        os.replace(partial, target)
+    advice = _DropPreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".quantize-") as scratch:
+            partial = Path(scratch) / target.name
+            quantize_static(str(source), str(partial), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+            os.replace(partial, target)
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 def graph_deviation(fp32_path: Path, int8_path: Path, feeds: list[dict], threads: int) -> dict:

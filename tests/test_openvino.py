@@ -1,12 +1,21 @@
 """The OpenVINO backend: fp32 parity with ONNX Runtime, bf16 and int8 fidelity, the compiled-model
 cache, and the clear messages for a missing library, a CPU without bf16 and unusable calibration images.
 
-Tolerances for the lower precisions come from measurements on the demo bundle (untrained weights,
-synthetic person, 720p): bf16 deviates from fp32 by 1.6 mm at most and 0.4-0.6 mm on average; int8
-calibrated on 8 images by 3.1 mm at most and 1.2-1.6 mm on average. The bounds below leave about 2x
-room for other images and calibration sets, and stay below what a mistake gives: the SMPL-X merge
-run in bf16 as well moves vertices by 5.8 mm, NNCF-style quantization of the body stage's SMPL-X
-layer moves the part boxes by hundreds of pixels.
+Tolerances come from measurements on the demo bundle (untrained weights, synthetic person, 720p),
+as vertex deviation from OpenVINO fp32:
+
+    fp32 vs ONNX Runtime   at most 4e-7 m on an AVX2-only EPYC (bound: 1e-4 m, as the issue asks).
+    int8                   AVX2-only EPYC (no VNNI), 3 calibration images: max 2.2 mm, mean 0.8-1.0 mm;
+                           8 images, 6 scenes: max 1.6-2.6 mm, mean 0.8-1.3 mm. Xeon with VNNI, 8
+                           images: max 3.1 mm, mean 1.2-1.6 mm. OpenVINO's and ONNX Runtime's int8
+                           kernels differ from each other by up to 2.2 mm, so the bound must cover both
+                           the quantization and the kernel's rounding: max 6 mm, mean 2.5 mm, about 2x
+                           the worst measured. A mistake lands well outside: quantizing every op of
+                           the body stage (its SMPL-X MatMuls too) gives max 19-23 mm, mean 3.7-7.8 mm,
+                           and moves the part boxes by ~570 px.
+    bf16                   Xeon with AMX: max 1.6 mm, mean 0.4-0.6 mm (bound 3 mm and 1 mm); running
+                           the SMPL-X merge in bf16 as well moves vertices by 5.8 mm. Refused, and its
+                           fidelity test skipped, on a CPU without native bf16.
 """
 
 import os
@@ -27,7 +36,7 @@ from bodyrt.runtime import openvino_backend  # noqa: E402
 from bodyrt.runtime.bundle import read_bundle  # noqa: E402
 
 BF16_MAX_MM, BF16_MEAN_MM = 3.0, 1.0
-INT8_MAX_MM, INT8_MEAN_MM = 8.0, 3.0
+INT8_MAX_MM, INT8_MEAN_MM = 6.0, 2.5
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -105,13 +114,22 @@ def test_fp32_is_asked_for_explicitly(bundle_dir):
     assert runner.precision_ran == "fp32"
 
 
-def native_bf16() -> bool:
+def this_cpu() -> tuple[bool, str]:
+    """(native bf16?, the CPU's name and OpenVINO capabilities) of the machine running the tests."""
     import openvino
 
-    return "BF16" in openvino_backend.cpu_capabilities(openvino.Core())
+    core = openvino.Core()
+    capabilities = openvino_backend.cpu_capabilities(core)
+    return "BF16" in capabilities, f"{core.get_property('CPU', 'FULL_DEVICE_NAME')}, OpenVINO reports {capabilities}"
 
 
-@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
+NATIVE_BF16, CPU_DESCRIPTION = this_cpu()
+needs_native_bf16 = pytest.mark.skipif(
+    not NATIVE_BF16, reason=f"bf16 fidelity needs a CPU with native bf16 (AVX512-BF16 or AMX); this one "
+                            f"({CPU_DESCRIPTION}) has none, so bf16 is refused here (test_bf16_is_refused_on_this_cpu)")
+
+
+@needs_native_bf16
 def test_bf16_stays_within_tolerance_and_keeps_merge_fp32(comparison):
     bf16 = comparison["precisions"]["bf16"]
     assert bf16["stage_precisions"] == {"body": "bf16", "hand": "bf16", "face": "bf16", "merge": "fp32"}
@@ -198,6 +216,18 @@ def test_cpu_without_bf16_is_refused_not_downgraded(bundle_dir, tmp_path, monkey
     assert code == 1 and "native bf16" in error[-1]
 
 
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bf16; the refusal is tested on a stubbed CPU "
+                                         "(test_cpu_without_bf16_is_refused_not_downgraded)")
+def test_bf16_is_refused_on_this_cpu(bundle_dir, comparison):
+    """The real CPU, no stub: bf16 is refused before anything compiles, and compare reports it as
+    skipped with the reason instead of running it at another precision."""
+    with pytest.raises(BackendUnavailableError, match="native bf16") as refused:
+        open_bundle(bundle_dir, backend="openvino", precision="bf16")
+    assert "--precision fp32" in str(refused.value)
+    assert "bf16" not in comparison["precisions"]
+    assert "native bf16" in comparison["skipped"]["bf16"]
+
+
 def test_bf16_on_onnxruntime_is_refused(bundle_dir):
     with pytest.raises(BackendUnavailableError, match="openvino backend only"):
         open_bundle(bundle_dir, backend="onnxruntime", precision="bf16")
@@ -239,12 +269,16 @@ def test_bench_runs_each_backend_at_each_precision_it_supports(bundle_dir, capsy
     report = run_bench(bundle=bundle_dir, backends=["onnxruntime", "openvino"], precisions=["fp32", "bf16"],
                        repeats=1, warmup=0, memory=False)
     summary = report["summary"]
-    assert "skipping onnxruntime bf16" in capsys.readouterr().err
+    errors = capsys.readouterr().err
+    assert "skipping onnxruntime bf16" in errors
     assert {"onnxruntime", "openvino"} <= set(summary) and "onnxruntime-bf16" not in summary
-    if native_bf16():
+    if NATIVE_BF16:
         deviation = summary["openvino-bf16"]["vertex_deviation_mm"]
         assert deviation["against"] == "openvino"
         assert 0.0 < deviation["max_mm"] <= BF16_MAX_MM
+    else:
+        assert "skipping openvino bf16" in errors and "native bf16" in errors
+        assert "openvino-bf16" not in summary
     assert "vertex_deviation_mm" not in summary["openvino"]
 
 
