@@ -403,8 +403,15 @@ def fit_batch(body_model: BodyModel, targets: np.ndarray, valid: np.ndarray, edg
     scales = {kind: curvature_scales(body_model, valid, edges, kind) for kind in ("edge", "vertex")}
     for index, ((name, kind, free), limit) in enumerate(zip(STAGES, settings.max_iterations)):
         objective = BatchObjective(problem, variables, free, kind, scales[kind])
-        result = minimize(objective.value_and_gradient, objective.pack(), jac=True, hessp=objective.hessian_product,
-                          method=settings.method, options={"maxiter": limit, "gtol": settings.gradient_tolerance})
+        start = objective.pack()
+        # In the scaled variables the Hessian is about the identity, so the Newton step is about as long
+        # as the gradient. scipy's default first trust radius (1.0, doubling per step) would take many
+        # iterations to reach it (a 0.3 m translation is a step of ~40 here); start at the gradient norm.
+        step = float(np.linalg.norm(objective.value_and_gradient(start)[1]))
+        options = {"maxiter": limit, "gtol": settings.gradient_tolerance,
+                   "initial_trust_radius": max(1.0, step), "max_trust_radius": max(1000.0, 10.0 * step)}
+        result = minimize(objective.value_and_gradient, start, jac=True, hessp=objective.hessian_product,
+                          method=settings.method, options=options)
         variables = objective.unpack(torch.from_numpy(result.x))
         with torch.no_grad():
             stage_losses[:, index] = problem.losses(variables, kind).numpy()
