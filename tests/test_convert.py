@@ -234,7 +234,7 @@ def test_convert_recovers_known_smplx_parameters_through_smpl(models, correspond
     """
     smplx = models["smplx"]
     edges = convert.mesh_edges(smplx["f"])
-    truth = known_parameters(2, seed=2)
+    truth = known_parameters(1, seed=2)
     posed = posed_smplx(smplx_model, truth, edges)
     reverse = nearest_point_correspondence(smplx["v_template"], smplx["f"].astype(np.int64),
                                            models["smpl"]["v_template"], max_distance=np.inf)
@@ -247,16 +247,17 @@ def test_convert_recovers_known_smplx_parameters_through_smpl(models, correspond
         result = {key: archive[key] for key in archive.files}
 
     # every stage ran, in order, with trust-ncg and Hessian products, and lowered its loss
-    assert len(stage_recorder.calls) == 6  # 3 stages x 2 batches of one fit
+    assert len(stage_recorder.calls) == 3
     for index, call in enumerate(stage_recorder.calls):
         assert call["method"] == "trust-ncg" and call["hessp"] and call["iterations"] >= 1
         assert call["end"] < 0.5 * call["start"], (index, call)
-    assert [call["size"] for call in stage_recorder.calls[:3]] == [165, 3, 188]
-    assert (result["stage_iterations"] >= 1).all() and result["stage_losses"].shape == (2, 3)
+    assert [call["size"] for call in stage_recorder.calls] == [165, 3, 188]
+    assert (result["stage_iterations"] >= 1).all() and result["stage_losses"].shape == (1, 3)
 
-    assert result["vertices"].shape == (2, 10475, 3) and result["left_hand_pose"].shape == (2, 15, 3)
+    assert result["vertices"].shape == (1, 10475, 3) and result["left_hand_pose"].shape == (1, 15, 3)
     valid = correspondence.valid
     error = np.linalg.norm(result["vertices"] - posed, axis=2)
+    print(f"mean valid-vertex distance to the true SMPL-X mesh: {error[:, valid].mean() * 1000:.2f} mm")
     assert error[:, valid].mean(axis=1).max() < 2e-3
     body_and_jaw = list(range(23))  # eyes (23, 24) cannot be seen through SMPL
     assert rotation_errors(fitted_pose(result), truth["pose"])[body_and_jaw].max() < 0.05
