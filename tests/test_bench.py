@@ -89,7 +89,11 @@ def test_cli_reports_the_ratio_against_the_reference(bundle_dir, demo_files, tmp
 def test_peak_memory_is_measured_in_a_fresh_process(bundle_dir):
     from bodyrt.bench import peak_rss_mb
 
-    peak = peak_rss_mb("onnxruntime", bundle_dir, None, threads=2, image_size="720p", persons=1)
-    # The stage graphs alone are over 400 MB of weights; a process holding them cannot be smaller.
     weights_mb = sum(path.stat().st_size for path in bundle_dir.glob("*.onnx")) / 2**20
-    assert weights_mb < peak < 8 * 1024
+    ballast = np.ones(int(4 * weights_mb * 2**20), dtype=np.uint8)  # this process: over 4x the weights
+    peak = peak_rss_mb("onnxruntime", bundle_dir, None, threads=2, image_size="720p", persons=1)
+    # The stage graphs alone are over 400 MB of weights; a process holding them cannot be smaller. The
+    # probe's own peak, not this (forking) process's, is what is reported.
+    assert weights_mb < peak < 3 * weights_mb
+    assert ballast[-1] == 1  # held until the probe has finished
+
