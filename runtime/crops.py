@@ -12,7 +12,7 @@ body_crops: integer rectangle [trunc(c - S/2), trunc(c + S/2)) per axis, S = sca
     cv2.resize INTER_LINEAR does, then normalised; plus the float crop transform.
 
 Both are separable: each output row and column has two taps and two weights per axis, so a crop is
-two weighted sums, over rows and then over columns, of the source pixels it touches. Positions are
+two weighted sums, over columns and then over rows, of the source pixels it touches. Positions are
 computed in float64: float32 coordinates near x = 1000 px are off by up to 6e-5 px, which moves a
 crop value on a sharp edge by 3e-4.
 
@@ -91,21 +91,24 @@ def body_crop_taps(crop_size: int, rect_origin: int, rect_length: int, length: i
     return _zero_outside(rect_origin + first, fraction, length)
 
 
-def _weighted_taps(image, channels, rows, row_weights, columns, column_weights):
-    """sum over the four taps of weight * pixel / 255 -> (3, n, m) float32, RGB order.
+def _weighted_taps(image, channels, rows, row_weights, columns, column_weights, mean=None, std=None):
+    """Bilinear samples of the [0, 1] image -> (3, n, m) float32, RGB order.
 
     rows (n, 2) and columns (m, 2) are image indices with their weights (outside taps weigh 0).
-    Rows are summed first, over only the window of columns the taps touch; then columns.
+    With mean and std (3,), each tap is normalised before it is weighted (part crops). The sums run
+    over columns first, then rows, over only the rows the taps touch, in the kernel's float32 order,
+    so this and the CUDA kernel agree to rounding.
     """
-    first, last = int(columns.min()), int(columns.max())
-    window = image[:, first:last + 1]
-    columns = columns - first
-    upper = window.take(rows[:, 0], axis=0).astype(np.float32)  # (n, window, 3)
-    lower = window.take(rows[:, 1], axis=0).astype(np.float32)
-    across_rows = upper * row_weights[:, 0, None, None] + lower * row_weights[:, 1, None, None]
-    result = (across_rows[:, columns[:, 0]] * column_weights[None, :, 0, None]
-              + across_rows[:, columns[:, 1]] * column_weights[None, :, 1, None])  # (n, m, 3)
-    return np.moveaxis(result[..., channels], 2, 0) / np.float32(255.0)
+    first, last = int(rows.min()), int(rows.max())
+    window = image[first:last + 1]
+    rows = rows - first
+    left = window.take(columns[:, 0], axis=1)[..., channels].astype(np.float32) / np.float32(255.0)
+    right = window.take(columns[:, 1], axis=1)[..., channels].astype(np.float32) / np.float32(255.0)
+    if mean is not None:
+        left, right = (left - mean) / std, (right - mean) / std
+    across = left * column_weights[None, :, 0, None] + right * column_weights[None, :, 1, None]  # (rows, m, 3)
+    result = across[rows[:, 0]] * row_weights[:, 0, None, None] + across[rows[:, 1]] * row_weights[:, 1, None, None]
+    return np.moveaxis(result, 2, 0)
 
 
 def check_part_boxes(centres, sizes, mirror):
@@ -153,11 +156,9 @@ def part_crops(image, centres, sizes, crop_size: int, mirror, mean, std, channel
             xs = xs[::-1]
         rows, row_weights = part_crop_taps(ys, height)
         columns, column_weights = part_crop_taps(xs, width)
-        # Zero padding in normalised space: sum w (p - mean) / std over the taps inside the image,
-        # which is (sum w p - mean sum w) / std with the separable weight sum of those taps.
-        inside_weight = row_weights.sum(axis=1)[:, None] * column_weights.sum(axis=1)[None, :]
-        sampled = _weighted_taps(image, channels, rows, row_weights, columns, column_weights)
-        crops[index] = (sampled - mean * inside_weight) / std
+        # Zero padding in normalised space: normalise the taps, then outside taps weigh nothing.
+        crops[index] = _weighted_taps(image, channels, rows, row_weights, columns, column_weights,
+                                      mean.reshape(3), std.reshape(3))
     return crops
 
 
