@@ -194,16 +194,20 @@ def weights_from_official(contents: dict, path: Path) -> ExposeWeights:
                          untrained=untrained, source_format="official")
 
 
+def check_format_header(contents: dict, path: Path, format_name: str, version: int, arch: str) -> None:
+    """Raise CheckpointError unless a bodyrt checkpoint's format, version and arch are the expected ones."""
+    if contents.get("format") != format_name:
+        raise CheckpointError(f"{path}: checkpoint format {contents.get('format')!r}, expected {format_name!r}")
+    if contents.get("version") != version:
+        raise CheckpointError(f"{path}: bodyrt checkpoint format version {contents.get('version')!r}; "
+                              f"this bodyrt reads version {version}")
+    if contents.get("arch") != arch:
+        raise CheckpointError(f"{path}: architecture {contents.get('arch')!r}, expected {arch!r}")
+
+
 def weights_from_bodyrt(contents: dict, path: Path) -> ExposeWeights:
     """bodyrt's own format -> ExposeWeights."""
-    if contents.get("format") != BODYRT_FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {contents.get('format')!r}, "
-                              f"expected {BODYRT_FORMAT!r}")
-    if contents.get("version") != BODYRT_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: bodyrt checkpoint format version {contents.get('version')!r}; "
-                              f"this bodyrt reads version {BODYRT_FORMAT_VERSION}")
-    if contents.get("arch") != ARCH:
-        raise CheckpointError(f"{path}: architecture {contents.get('arch')!r}, expected {ARCH!r}")
+    check_format_header(contents, path, BODYRT_FORMAT, BODYRT_FORMAT_VERSION, ARCH)
     sections = {}
     for name in (*NETWORK_CLASSES, "decoder_means", "part_means"):
         if not isinstance(contents.get(name), dict):

@@ -24,7 +24,7 @@ from bodyrt.errors import BodyModelError, CheckpointError, InputError
 from bodyrt.export import deform_learn, hkmr, layout
 from bodyrt.export.body_model import BodyModel, load_body_model
 from bodyrt.export.bundle import build_bundle, manifest_for, sample_batch
-from bodyrt.export.checkpoint import randomise_, read_checkpoint_file, take_tensor
+from bodyrt.export.checkpoint import check_format_header, randomise_, read_checkpoint_file, take_tensor
 from bodyrt.export.reference import ReferenceResult
 from bodyrt.runtime.crops import body_crops
 from bodyrt.runtime.pipeline import pinhole_camera
@@ -84,14 +84,7 @@ def write_random_smpl_checkpoint(path, arch: str, seed: int = 0) -> Path:
 def checkpoint_state_dict(contents, path: Path, arch: str) -> tuple[dict, bool]:
     """The state dict and untrained flag out of any accepted checkpoint layout."""
     if isinstance(contents, dict) and "format" in contents:
-        if contents["format"] != SMPL_REGRESSOR_FORMAT:
-            raise CheckpointError(f"{path}: checkpoint format {contents['format']!r}, expected "
-                                  f"{SMPL_REGRESSOR_FORMAT!r} for --arch {arch}")
-        if contents.get("version") != SMPL_REGRESSOR_FORMAT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint format version {contents.get('version')!r}; this bodyrt "
-                                  f"reads version {SMPL_REGRESSOR_FORMAT_VERSION}")
-        if contents.get("arch") != arch:
-            raise CheckpointError(f"{path}: architecture {contents.get('arch')!r}, expected {arch!r}")
+        check_format_header(contents, path, SMPL_REGRESSOR_FORMAT, SMPL_REGRESSOR_FORMAT_VERSION, arch)
         state, untrained = contents.get("model"), bool(contents.get("untrained", False))
     elif isinstance(contents, dict) and isinstance(contents.get("model", contents.get("state_dict")), dict):
         state, untrained = contents.get("model", contents.get("state_dict")), False
