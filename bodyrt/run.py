@@ -33,6 +33,9 @@ def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime
         from bodyrt.runtime.gpu import GPU_BACKENDS, open_device_pipeline
 
         if backend in GPU_BACKENDS:  # engines linked by the crop kernel on one stream; precision is the bundle's
+            if precision != "fp32":
+                raise InputError(f"--precision {precision} is for the CPU backends; a GPU backend runs the "
+                                 "precision its engines were exported with (bodyrt export --precision fp16)")
             return open_device_pipeline(bundle, backend=backend)
         return open_bundle(bundle, backend=backend, threads=threads, precision=precision)
     from bodyrt.export.reference import ReferencePipeline

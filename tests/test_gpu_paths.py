@@ -642,6 +642,25 @@ def test_missing_gpu_packages_are_named(bundle_dir, monkeypatch, tmp_path, capsy
     assert not (tmp_path / "out").exists()  # failed before exporting anything
 
 
+def test_cli_run_on_a_gpu_backend_uses_the_device_pipeline_and_refuses_a_cpu_precision(
+        bundle_dir, demo_files, monkeypatch, tmp_path, capsys):
+    from bodyrt.cli import main
+    from bodyrt.export.demo import sample_scene
+    from bodyrt.images import save_png
+
+    image, _ = sample_scene(demo_files[1], seed=0, size=(120, 160))
+    save_png(tmp_path / "person.png", image)
+    arguments = ["run", "--bundle", str(bundle_dir), str(tmp_path / "person.png"), "--out", str(tmp_path / "out"),
+                 "--backend", "tensorrt"]
+    assert main([*arguments, "--precision", "int8"]) == 1
+    assert "--precision int8 is for the CPU backends" in capsys.readouterr().err
+    for module in ["cuda", "cuda.bindings", "cuda.bindings.driver"]:
+        monkeypatch.setitem(sys.modules, module, None)
+    assert main(arguments) == 1
+    assert "the GPU runtime needs the cuda-python package" in capsys.readouterr().err  # DevicePipeline's, not a runner's
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # On a GPU
 
