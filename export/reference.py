@@ -68,7 +68,7 @@ class ReferencePipeline:
         self.body_model_data = load_body_model(body_model_path)
         body_network, hand_network, face_network = build_expose_networks(self.weights)
         body_model = BodyModel(self.body_model_data)
-        self.body_stage = BodyStage(body_network, body_model).eval()
+        self.body_stage = BodyStage(body_network, body_model, self.weights.part_means).eval()
         self.hand_stage = PartStage(hand_network).eval()
         self.face_stage = PartStage(face_network).eval()
         self.merge_stage = MergeStage(body_model).eval()

@@ -81,8 +81,7 @@ class BodyStage(torch.nn.Module):
              face_starts (N, 1, 165).
     """
 
-    def __init__(self, body_network, body_model, hand_camera_mean: float = layout.HAND_CAMERA_SCALE_MEAN,
-                 face_camera_mean: float = layout.FACE_CAMERA_SCALE_MEAN, neck_mean=None):
+    def __init__(self, body_network, body_model, part_means: dict):
         super().__init__()
         self.body_network = body_network
         self.body_model = body_model
@@ -90,12 +89,11 @@ class BodyStage(torch.nn.Module):
         self.register_buffer("right_hand_joints", torch.tensor(layout.RIGHT_HAND_JOINTS), persistent=False)
         self.register_buffer("left_hand_joints", torch.tensor(layout.LEFT_HAND_JOINTS), persistent=False)
         self.register_buffer("head_joints", torch.tensor(layout.HEAD_JOINTS), persistent=False)
-        self.hand_camera_mean = hand_camera_mean
-        self.face_camera_mean = face_camera_mean
-        if neck_mean is None:
-            neck_mean = matrix_to_rot6d(torch.eye(3))
-        self.register_buffer("neck_mean", torch.as_tensor(neck_mean, dtype=torch.float32).reshape(6),
-                             persistent=False)
+        # The parts of the hand and face starts that are the part predictors' own means (checkpoint
+        # buffers), not conditioned on the body: hand shape and camera, neck, face shape and camera.
+        for name in ("hand_betas", "hand_camera", "neck_pose", "face_betas", "face_camera"):
+            self.register_buffer(name + "_mean", torch.as_tensor(part_means[name], dtype=torch.float32).reshape(-1),
+                                 persistent=False)
 
     def forward(self, body_crops: torch.Tensor, crop_transforms: torch.Tensor):
         params = self.body_network(body_crops)
@@ -113,7 +111,7 @@ class BodyStage(torch.nn.Module):
         ], dim=1)
         part_boxes = box_to_full_image(boxes.reshape(n * 3, 3),
                                        crop_transforms.repeat_interleave(3, dim=0)).reshape(n, 3, 3)
-        return params, part_boxes, self.hand_starts(body), self.face_starts(body)
+        return params, part_boxes, self.hand_starts(params, body), self.face_starts(params, body)
 
     def wrist_global_rotations(self, body: dict) -> torch.Tensor:
         """(N, 2, 3, 3) absolute rotations of the right and left wrists from the body's chain."""
@@ -121,32 +119,43 @@ class BodyStage(torch.nn.Module):
         absolute = global_rotations(local, self.parents[:22])
         return torch.stack([absolute[:, layout.RIGHT_WRIST_JOINT], absolute[:, layout.LEFT_WRIST_JOINT]], dim=1)
 
-    def hand_starts(self, body: dict) -> torch.Tensor:
-        n = body["betas"].shape[0]
+    def hand_starts(self, params: torch.Tensor, body: dict) -> torch.Tensor:
+        """(N, 2, 109) starts of the hand regressor, right hand then mirrored left hand.
+
+        Wrists: absolute rotation from the body's chain, encoded. Right fingers: the body regressor's
+        raw 6D outputs as they are (the released model never decodes them: with unnormalised outputs a
+        decode/encode round trip changes the hand by tens of mm). Left fingers: decoded, mirrored,
+        encoded. Shape and camera: the hand predictor's means.
+        """
+        n = params.shape[0]
         wrists = self.wrist_global_rotations(body)
+        tail = torch.cat([self.hand_betas_mean, self.hand_camera_mean]).expand(n, -1)
         right = torch.cat([
             matrix_to_rot6d(wrists[:, 0]),
-            matrix_to_rot6d(body["right_hand_pose"]).reshape(n, 90),
+            params[:, layout.BODY_PARAMS["right_hand_pose"]],
+            tail,
         ], dim=1)
         left = torch.cat([
             matrix_to_rot6d(mirror_pose(wrists[:, 1])),
             matrix_to_rot6d(mirror_pose(body["left_hand_pose"])).reshape(n, 90),
+            tail,
         ], dim=1)
-        tail = torch.zeros(n, 13, dtype=right.dtype, device=right.device)  # betas 10, camera 3
-        tail[:, 10] = self.hand_camera_mean
-        return torch.stack([torch.cat([right, tail], dim=1), torch.cat([left, tail], dim=1)], dim=1)
+        return torch.stack([right, left], dim=1)
 
-    def face_starts(self, body: dict) -> torch.Tensor:
-        n = body["betas"].shape[0]
-        zeros = body["betas"].new_zeros
-        camera = zeros(n, 3)
-        camera[:, 0] = self.face_camera_mean
+    def face_starts(self, params: torch.Tensor, body: dict) -> torch.Tensor:
+        """(N, 1, 165) starts of the face regressor: the head predictor's neck mean (the released
+        model does not condition the neck on the body), the body regressor's raw jaw 6D, the head
+        predictor's shape mean, the body expression zero-padded to 50, the head camera mean."""
+        n = params.shape[0]
+        expression = body["expression"]
+        padding = expression.new_zeros(n, layout.FACE_PARAMS["expression"].stop
+                                       - layout.FACE_PARAMS["expression"].start - expression.shape[1])
         return torch.cat([
-            self.neck_mean.expand(n, 6),
-            matrix_to_rot6d(body["jaw_pose"]),
-            zeros(n, 100),
-            body["expression"], zeros(n, 40),
-            camera,
+            self.neck_pose_mean.expand(n, -1),
+            params[:, layout.BODY_PARAMS["jaw_pose"]],
+            self.face_betas_mean.expand(n, -1),
+            expression, padding,
+            self.face_camera_mean.expand(n, -1),
         ], dim=1)[:, None]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bodyrt.export import layout
+from bodyrt.export.checkpoint import default_part_means
 from bodyrt.export.reference import sample_part_crops
 from bodyrt.export.rotations import axis_angle_to_matrix, matrix_to_rot6d, mirror_rotation
 from bodyrt.export.stages import (BodyStage, box_to_full_image, merge_parts, part_box, project_to_body_crop,
@@ -117,7 +118,7 @@ def body_model(synthetic_smplx_path):
 def test_merge_of_the_starts_gives_back_the_body_prediction(body_model):
     """Hand and face networks that return their start exactly must leave the body prediction as it was."""
     params = random_body_params(3)
-    stage = BodyStage(FixedBodyNetwork(params), body_model)
+    stage = BodyStage(FixedBodyNetwork(params), body_model, default_part_means())
     transforms = crop_transform((0, 0, 400, 600))[None].expand(3, 3, 3)
     _, _, hand_starts, face_starts = stage(torch.zeros(3, 3, 256, 256), transforms)
     body = split_body_params(params)
@@ -160,7 +161,7 @@ def test_oracle_part_boxes_contain_the_projected_parts(body_model, synthetic_smp
     params = random_body_params(people, seed=2, pose_scale=0.25)
     person_boxes = [(200.0, 40.0, 520.0, 700.0), (700.0, 100.0, 900.0, 500.0), (10.0, 10.0, 300.0, 300.0)]
     transforms = torch.stack([crop_transform(box) for box in person_boxes])
-    stage = BodyStage(FixedBodyNetwork(params), body_model)
+    stage = BodyStage(FixedBodyNetwork(params), body_model, default_part_means())
     with torch.no_grad():
         _, part_boxes, _, _ = stage(torch.zeros(people, 3, 256, 256), transforms)
         body = split_body_params(params)
