@@ -177,26 +177,87 @@ def peak_rss_of_this_process_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def stage_precisions(candidate) -> dict:
+    """stage -> precision that actually ran (the PyTorch reference: fp32 everywhere)."""
+    return dict(getattr(candidate, "stage_precisions", None) or {})
+
+
+def add_roofline(summary: dict, candidates: dict, operations: dict, peaks: dict) -> None:
+    """Per candidate and stage graph: achieved GOP/s and its fraction of the peak of the precision that ran."""
+    for name, entry in summary.items():
+        precisions = stage_precisions(candidates[name])
+        roofline = {}
+        for stage, cost in operations.items():
+            milliseconds = entry["stages_ms"].get(stage)
+            if not milliseconds:
+                continue
+            precision = precisions.get(stage, "fp32")
+            achieved = cost["gop"] / (milliseconds / 1000.0)
+            peak = peaks.get(precision, {}).get("gops")
+            roofline[stage] = {"precision": precision, "gops": achieved,
+                               "fraction_of_peak": achieved / peak if peak else None}
+        entry["roofline"] = roofline
+
+
+def busy_core_process(core: int) -> subprocess.Popen:
+    """A process that spins on one core until killed: the competing load of `--contention`."""
+    code = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True:\n    pass\n"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def contended_runs(candidates: dict, image, boxes, repeats: int, warmup: int, core: int = 0) -> dict:
+    """interleaved_runs while another process keeps one core busy."""
+    competitor = busy_core_process(core)
+    try:
+        return interleaved_runs(candidates, image, boxes, repeats, warmup)
+    finally:
+        competitor.kill()
+        competitor.wait()
+
+
 def run_bench(bundle=None, backends=("onnxruntime",), reference_files=None, persons: int = 1, precisions=("fp32",),
               image_size: str = "720p", threads: int = 2, repeats: int = 20, warmup: int = 3,
-              memory: bool = True, json_path=None) -> dict:
-    """Benchmark and print a table; returns the report (also written to json_path when given)."""
+              memory: bool = True, json_path=None, roofline: bool = True, contention: bool = False) -> dict:
+    """Benchmark and print a table; returns the report (also written to json_path when given).
+
+    roofline: count each stage graph's operations, measure the CPU's peak per precision, and report
+    each stage's achieved GOP/s and fraction of peak. contention: run everything again while another
+    process keeps one core busy, and report each candidate's slowdown.
+    """
+    from bodyrt import roofline as rooflines
+
     if not bundle and not reference_files:
         raise InputError("give --bundle, or --reference with --checkpoint and --body-model")
+    if repeats < 1 or warmup < 0:
+        raise InputError(f"--repeats must be at least 1 and --warmup at least 0, got {repeats} and {warmup}")
     backends = list(backends) if bundle else []
     image, boxes = bench_image(image_size, persons)
+    cpu = rooflines.cpu_description()
     candidates = open_candidates(bundle, backends, reference_files, threads, precisions)
     samples = interleaved_runs(candidates, image, boxes, repeats, warmup)
     reference = "pytorch" if reference_files else None
     summary = summarise(samples, persons, reference)
     for name, deviation in vertex_deviations(candidates, image, boxes).items():
         summary[name]["vertex_deviation_mm"] = deviation
+    report = {"what_is_timed": "decoded uint8 image in memory + person boxes -> final vertices and all outputs",
+              "cpu": cpu, "image_size": image_size, "persons": persons, "threads": threads, "repeats": repeats,
+              "warmup": warmup}
+    if roofline and bundle:
+        from bodyrt.runtime.bundle import read_bundle
+
+        report["stage_operations"] = rooflines.bundle_operations(read_bundle(bundle), people=persons)
+        report["peaks"] = rooflines.measure_peaks(threads)
+        report["peak_derivation"] = rooflines.PEAK_DERIVATION
+        add_roofline(summary, candidates, report["stage_operations"], report["peaks"])
+    if contention:
+        contended = summarise(contended_runs(candidates, image, boxes, repeats, warmup), persons, reference)
+        for name, entry in contended.items():
+            summary[name]["contention"] = {"median_ms": entry["median_ms"],
+                                           "slowdown": entry["median_ms"] / summary[name]["median_ms"]}
     if memory:
         for name in candidates:
             summary[name]["peak_rss_mb"] = peak_rss_mb(name, bundle, reference_files, threads, image_size, persons)
-    report = {"what_is_timed": "decoded uint8 image in memory + person boxes -> final vertices and all outputs",
-              "image_size": image_size, "persons": persons, "threads": threads, "repeats": repeats,
-              "warmup": warmup, "summary": summary, "samples": samples}
+    report.update(summary=summary, samples=samples)
     print_report(report)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
@@ -204,8 +265,16 @@ def run_bench(bundle=None, backends=("onnxruntime",), reference_files=None, pers
 
 
 def print_report(report: dict) -> None:
+    from bodyrt.roofline import describe_cpu
+
     summary = report["summary"]
-    print(f"\n{report['persons']} person(s), {report['image_size']}, {report['threads']} threads, "
+    print(f"\nCPU: {describe_cpu(report['cpu'])}")
+    if "peaks" in report:
+        peaks = ", ".join(f"{precision} {peak['gops']:.0f} GOP/s ({peak['kernel']})" if "gops" in peak
+                          else f"{precision} unavailable ({peak['unavailable']})"
+                          for precision, peak in report["peaks"].items())
+        print(f"peaks: {peaks}\n  measured as: {report['peak_derivation']}")
+    print(f"{report['persons']} person(s), {report['image_size']}, {report['threads']} threads, "
           f"{report['repeats']} interleaved runs after {report['warmup']} warm-up; "
           f"timed: {report['what_is_timed']}")
     print(f"{'candidate':<17}{'median':>9}{'p90':>9}{'min':>9}{'persons/s':>11}{'peak MiB':>10}{'speed-up':>22}")
@@ -222,9 +291,25 @@ def print_report(report: dict) -> None:
         for name, deviation in deviations.items():
             print(f"{name:<17} max {deviation['max_mm']:7.2f}  mean {deviation['mean_mm']:7.2f}  "
                   f"against {deviation['against']}")
-    stages = sorted({stage for entry in summary.values() for stage in entry["stages_ms"]})
+    stages = list(dict.fromkeys(stage for entry in summary.values() for stage in entry["stages_ms"]))
     print("\nmedian per stage, ms")
     print(f"{'stage':<14}" + "".join(f"{name:>17}" for name in summary))
     for stage in stages:
         print(f"{stage:<14}" + "".join(f"{entry['stages_ms'].get(stage, float('nan')):>17.1f}"
                                        for entry in summary.values()))
+    if "stage_operations" in report:
+        print("\nachieved GOP/s per stage graph (fraction of the peak of the precision that ran)")
+        print(f"{'stage':<8}{'GOP':>7}" + "".join(f"{name:>20}" for name in summary))
+        for stage, cost in report["stage_operations"].items():
+            cells = []
+            for entry in summary.values():
+                cell = entry.get("roofline", {}).get(stage)
+                fraction = cell and cell["fraction_of_peak"]
+                cells.append(f"{cell['gops']:.0f} {cell['precision']} ({fraction:.0%})" if fraction is not None
+                             else f"{cell['gops']:.0f} {cell['precision']}" if cell else "")
+            print(f"{stage:<8}{cost['gop']:>7.2f}" + "".join(f"{cell:>20}" for cell in cells))
+    contended = {name: entry["contention"] for name, entry in summary.items() if "contention" in entry}
+    if contended:
+        print("\nunder contention (another process busy on one core): median ms, slowdown against quiet")
+        for name, entry in contended.items():
+            print(f"{name:<17}{entry['median_ms']:>9.1f}{entry['slowdown']:>8.2f}x")

@@ -104,6 +104,10 @@ def _add_bench(commands):
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: %(default)s)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-roofline", action="store_true",
+                        help="skip counting each stage's operations and measuring the CPU's peaks")
+    parser.add_argument("--contention", action="store_true",
+                        help="run again with another process busy on one core and report each slowdown")
     parser.add_argument("--json", help="write the full report (every sample) to this file")
     parser.set_defaults(handler=_bench)
 
@@ -119,7 +123,8 @@ def _bench(args):
     run_bench(bundle=args.bundle, backends=args.backend or ["onnxruntime"], reference_files=reference_files,
               precisions=args.precision or ["fp32"],
               persons=args.persons, image_size=args.image_size, threads=args.threads, repeats=args.repeats,
-              warmup=args.warmup, memory=not args.no_memory, json_path=args.json)
+              warmup=args.warmup, memory=not args.no_memory, json_path=args.json,
+              roofline=not args.no_roofline, contention=args.contention)
 
 
 def _add_quantize(commands):
