@@ -10,25 +10,43 @@ MAX_PIXELS = 100_000_000
 
 
 def load_image(path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB.
+    """Decode an image file to (H, W, 3) uint8 RGB, upright.
 
-    Grayscale and palette images are expanded to RGB, RGBA and LA lose their alpha channel, 16-bit
-    images are scaled to 8 bits. Anything else (CMYK JPEGs aside, which are converted) is rejected.
+    The EXIF orientation tag is applied (a phone photo tagged "rotate 90" comes out as it is shown),
+    so boxes are in the coordinates of the image as displayed. Grayscale and palette images are
+    expanded to RGB, RGBA and LA lose their alpha channel, 16-bit images are scaled to 8 bits.
+    Anything else (CMYK JPEGs aside, which are converted) is rejected. A PNG whose chunk checksums do
+    not match is refused rather than decoded into wrong pixels (JPEG carries no checksum).
     """
-    from PIL import Image, UnidentifiedImageError
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path}: not a regular file (a folder, pipe or device); give a JPEG or PNG file")
     try:
-        with Image.open(path) as image:
-            if image.format not in ("JPEG", "PNG"):
-                raise InputError(f"{path}: unsupported image format {image.format}; give a JPEG or PNG file")
-            if image.width * image.height > MAX_PIXELS:
-                raise InputError(f"{path}: image of {image.width}x{image.height} pixels is too large")
-            image.load()
-            return _to_rgb8(image, path)
+        with warnings.catch_warnings():
+            # Pillow warns past 89 Mpx and raises past 179 Mpx; bodyrt's own limit (checked from the
+            # header, before decoding) is the one the user sees.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format not in ("JPEG", "PNG"):
+                    raise InputError(f"{path}: unsupported image format {image.format}; give a JPEG or PNG file")
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputError(f"{path}: image of {image.width}x{image.height} pixels is too large "
+                                     f"(at most {MAX_PIXELS // 1_000_000} million pixels)")
+                if image.format == "PNG":
+                    image.verify()  # every chunk's CRC; the file must be opened again to decode it
+            with Image.open(path) as image:
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                return _to_rgb8(upright, path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: image is too large (over {MAX_PIXELS // 1_000_000} million pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise InputError(f"{path}: not a readable image ({error})") from None
 
 

@@ -75,3 +75,56 @@ def test_params_need_every_key(tmp_path):
     del person["betas"]
     with pytest.raises(KeyError, match="betas"):
         write_params(tmp_path / "q.npz", person)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored landscape and tagged "rotate 90 clockwise" (orientation 6) loads as displayed."""
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30] = (250, 0, 0)  # left half red, right half blue, as stored
+    stored[:, 30:] = (0, 0, 250)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    loaded = load_image(tmp_path / "phone.jpg")
+    assert loaded.shape == (60, 40, 3)
+    # rotated 90 degrees clockwise: the stored left half is now the top
+    assert loaded[5, 20, 0] > 200 and loaded[5, 20, 2] < 50
+    assert loaded[55, 20, 2] > 200 and loaded[55, 20, 0] < 50
+
+
+def test_png_with_a_bad_checksum_is_refused(tmp_path):
+    """Corrupted image data whose zlib stream still inflates would decode into wrong pixels."""
+    import zlib
+
+    rgb = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    data = bytearray((tmp_path / "a.png").read_bytes())
+    start = data.find(b"IDAT")
+    length = int.from_bytes(data[start - 4:start], "big")
+    pixels = bytearray(zlib.decompress(bytes(data[start + 4:start + 4 + length])))
+    pixels[200:260] = bytes(60)  # wrong pixels, recompressed: a valid stream under a stale CRC
+    recompressed = zlib.compress(bytes(pixels))
+    data[start - 4:start + 4 + length] = len(recompressed).to_bytes(4, "big") + b"IDAT" + recompressed
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="bad.png: not a readable image"):
+        load_image(tmp_path / "bad.png")
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    Image.new("L", (12000, 10000)).save(tmp_path / "huge.png")  # 120 Mpx, compresses to ~100 kB
+    with pytest.raises(InputError, match="huge.png: image of 12000x10000 pixels is too large"):
+        load_image(tmp_path / "huge.png")
+
+
+def test_a_pipe_is_not_read(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(InputError, match="fifo.png: not a regular file"):
+        load_image(tmp_path / "fifo.png")
+
+
+def test_images_past_pillows_own_bomb_limit_get_the_same_message(tmp_path):
+    Image.new("1", (20000, 10000)).save(tmp_path / "bomb.png")  # 200 Mpx: Pillow itself raises
+    with pytest.raises(InputError, match="bomb.png: image is too large"):
+        load_image(tmp_path / "bomb.png")
