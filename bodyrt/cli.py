@@ -231,8 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def protect_box_numbers(argv: list[str]) -> list[str]:
+    """argparse takes "-1e3" or "-.5e1" after --box for an option (it knows only plain negative
+    numbers); a leading space hides the dash from it, and float() ignores the space."""
+    protected = list(argv)
+    for index, token in enumerate(argv):
+        if token != "--box":
+            continue
+        for position in range(index + 1, min(index + 5, len(argv))):
+            value = argv[position]
+            try:
+                float(value)
+            except ValueError:
+                break
+            if value.startswith("-"):
+                protected[position] = " " + value
+    return protected
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(protect_box_numbers(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="bodyrt: %(levelname)s: %(message)s")
     try:

@@ -128,3 +128,13 @@ def test_images_past_pillows_own_bomb_limit_get_the_same_message(tmp_path):
     Image.new("1", (20000, 10000)).save(tmp_path / "bomb.png")  # 200 Mpx: Pillow itself raises
     with pytest.raises(InputError, match="bomb.png: image is too large"):
         load_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("box", [["-1e3", "0", "700", "700"], ["-.5e1", "-2", "7e2", "700"], ["-10", "0", "700", "700"]])
+def test_box_numbers_in_any_float_notation_reach_the_box_check(box):
+    """argparse alone reads "-1e3" as an option and says --box expected 4 arguments."""
+    from bodyrt.cli import build_parser, protect_box_numbers
+
+    args = build_parser().parse_args(protect_box_numbers(["run", "--bundle", "b", "x.png", "--out", "r", "--box", *box]))
+    assert args.box == [[float(value) for value in box]]
+    assert args.images == ["x.png"]
