@@ -153,7 +153,7 @@ def _bundle_matches(bundle_dir: Path, checkpoint_sha256: str) -> bool:
     from bodyrt.runtime.bundle import read_bundle
 
     try:
-        return read_bundle(bundle_dir).manifest["source"]["checkpoint_sha256"] == checkpoint_sha256
+        return read_bundle(bundle_dir).manifest.source.checkpoint_sha256 == checkpoint_sha256
     except BundleError:
         return False
 
@@ -162,7 +162,7 @@ def _print_table(timings: dict, threads: int, repeats: int) -> None:
     runtime, reference = timings["onnxruntime"], timings["pytorch"]
     print(f"\nmedian latency per stage, ms (1 person, 720p, {threads} threads, {repeats} interleaved runs)")
     print(f"{'stage':<12}{'onnxruntime':>13}{'pytorch':>11}")
-    for name in ["body_crop", "body", "part_crops", "hand", "face", "merge", "total"]:
+    for name in ["body_crop", "body", "hand_crops", "face_crops", "hand", "face", "merge", "pinhole", "total"]:
         ours = runtime.get(name, 0.0)
         theirs = reference.get(name, 0.0)
         print(f"{name:<12}{ours:>13.1f}{theirs:>11.1f}")

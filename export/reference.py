@@ -99,6 +99,7 @@ class ReferencePipeline:
         mirror = torch.tensor([False, True] * n)
         hand_crops = sample_part_crops(normalised, part_boxes[:, :2].reshape(2 * n, 3),
                                        layout.HAND_CROP_SIZE, mirror)
+        lap("hand_crops")
         face_crops = sample_part_crops(normalised, part_boxes[:, 2], layout.FACE_CROP_SIZE,
                                        torch.zeros(n, dtype=torch.bool))
         self.last_intermediates = {
@@ -106,7 +107,7 @@ class ReferencePipeline:
             "hand_crops": hand_crops.reshape(n, 2, *hand_crops.shape[1:]), "hand_starts": hand_starts,
             "face_crops": face_crops.reshape(n, 1, *face_crops.shape[1:]), "face_starts": face_starts,
         }
-        lap("part_crops")
+        lap("face_crops")
         hand_params = self.hand_stage(self.last_intermediates["hand_crops"], hand_starts)
         lap("hand")
         face_params = self.face_stage(self.last_intermediates["face_crops"], face_starts)

@@ -23,7 +23,7 @@ import torch
 from bodyrt.errors import BodyModelError, CheckpointError, InputError
 from bodyrt.export import deform_learn, hkmr, layout
 from bodyrt.export.body_model import BodyModel, load_body_model
-from bodyrt.export.bundle import build_bundle, manifest_for, sample_batch
+from bodyrt.export.bundle import body_crop_step, build_bundle, manifest_for, pinhole_step, sample_batch
 from bodyrt.export.checkpoint import check_format_header, randomise_, read_checkpoint_file, take_tensor
 from bodyrt.export.reference import ReferenceResult
 from bodyrt.runtime.crops import body_crops
@@ -163,7 +163,7 @@ class SmplRegressorPipeline:
         outputs["crop_transforms"] = transforms
         outputs.update(pinhole_camera(outputs["camera_scale"], outputs["camera_translation"], transforms,
                                       layout.FOCAL_LENGTH_PX, self.crop_size))
-        timings["camera"] = (time.perf_counter() - clock) * 1000.0
+        timings["pinhole"] = (time.perf_counter() - clock) * 1000.0
         return ReferenceResult(outputs=outputs, timings_ms=timings)
 
 
@@ -171,21 +171,14 @@ class SmplRegressorPipeline:
 
 def smpl_steps(crop_size: int) -> list[dict]:
     """The runtime's steps: body crop, the one graph, the pinhole conversion."""
-    return [
-        {"name": "body_crop", "op": "body_crop", "boxes": "person_boxes",
-         "outputs": ["body_crops", "crop_transforms"], "crop_size": crop_size,
-         "box_scale": layout.BODY_BOX_SCALE},
-        {"name": "body", "op": "graph", "stage": "body"},
-        {"name": "camera", "op": "pinhole", "scale": "camera_scale", "translation": "camera_translation",
-         "crop_transforms": "crop_transforms", "focal_length": layout.FOCAL_LENGTH_PX, "crop_size": crop_size},
-    ]
+    return [body_crop_step(crop_size), {"name": "body", "op": "graph", "stage": "body"}, pinhole_step(crop_size)]
 
 
 def smpl_manifest(pipeline: SmplRegressorPipeline, stage_files: dict, graph_specs: dict, checkpoint,
                   body_model) -> dict:
     """The common manifest (manifest_for) with this architecture's arch, steps, results and mesh."""
     manifest = manifest_for(pipeline, stage_files, graph_specs, checkpoint, body_model)
-    manifest.update(arch=pipeline.arch.name, parts=[], steps=smpl_steps(pipeline.crop_size),
+    manifest.update(arch=pipeline.arch.name, fp32_stages=[], steps=smpl_steps(pipeline.crop_size),
                     results=[*pipeline.stage.OUTPUT_NAMES, *PINHOLE_OUTPUTS])
     manifest["mesh"]["model"] = "smpl"
     return manifest

@@ -33,6 +33,7 @@ import numpy as np
 
 from bodyrt.errors import BodyrtError, ExportError, InputError
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
+from bodyrt.runtime.manifest import parse_manifest
 
 log = logging.getLogger("bodyrt")
 
@@ -206,7 +207,7 @@ def crop_inputs(manifest: dict) -> set:
     names = set()
     for step in manifest["steps"]:
         if step["op"] == "body_crop":
-            names.add(step["outputs"][0])
+            names.add(step["crops"])
         elif step["op"] == "part_crops":
             names.add(step["output"])
     return names
@@ -373,7 +374,7 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
     failed build leaves the bundle as it was.
     """
     bundle = read_bundle(bundle_dir)
-    manifest = bundle.manifest
+    manifest = bundle.manifest.to_json()  # edited as JSON, checked by parse_manifest before it is written
     old_gpu = manifest.pop("gpu", {})
     precision = precision or old_gpu.get("precision", "fp32")
     stage_files = {stage["file"] for stage in manifest["stages"]}
@@ -386,7 +387,8 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
         new_files = add_gpu_artefacts(bundle.path, staging, manifest, engine, precision, max_people, platform)
         for file in new_files:
             os.replace(staging / file, bundle.path / file)
-        _save_atomically(bundle.path / MANIFEST_NAME, json.dumps(manifest).encode())
+        text = json.dumps(parse_manifest(manifest, f"{bundle.path / MANIFEST_NAME} (new)").to_json())
+        _save_atomically(bundle.path / MANIFEST_NAME, text.encode())
         for file in old_files - set(new_files):
             (bundle.path / file).unlink(missing_ok=True)
     finally:

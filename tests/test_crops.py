@@ -195,7 +195,7 @@ def test_numpy_body_crops_match_cv2_resize_on_random_cases():
 def test_numpy_body_crop_transform_by_hand():
     """Box (100, 50) - (300, 450): c = (200, 250), S = 1.2 * 400 = 480, k = 256/480."""
     image = np.zeros((400, 600, 3), dtype=np.uint8)
-    _, transforms = body_crops(image, [[100, 50, 300, 450]], MEAN, STD)
+    _, transforms = body_crops(image, [[100, 50, 300, 450]], MEAN, STD, crop_size=256, scale=1.2)
     expected = [[256 / 480, 0, 256 * (0.5 - 200 / 480)], [0, 256 / 480, 256 * (0.5 - 250 / 480)], [0, 0, 1]]
     np.testing.assert_allclose(transforms[0], expected, rtol=1e-6)
     assert transforms[0, 0, 2] == pytest.approx(21.3333333, abs=1e-5)
@@ -217,7 +217,7 @@ def test_numpy_body_crops_reject_a_bad_box_by_index(name):
     box, reason = BAD_PERSON_BOXES[name]
     image = np.zeros((40, 60, 3), dtype=np.uint8)
     with pytest.raises(InputError, match=rf"person box 1 .*{reason}"):
-        body_crops(image, [[1, 1, 30, 30], box], MEAN, STD)
+        body_crops(image, [[1, 1, 30, 30], box], MEAN, STD, crop_size=256, scale=1.2)
 
 
 @pytest.mark.parametrize("centre, size", [((np.nan, 3.0), 4.0), ((2.0, np.inf), 4.0), ((2.0, 3.0), np.nan),

@@ -107,7 +107,7 @@ def test_body_crops_kernel_matches_cv2_resize_on_random_cases():
         for box, transform in zip(case["boxes"], transforms):
             np.testing.assert_allclose(transform, hand_computed_transform(box, case["crop_size"]), rtol=1e-6,
                                        atol=1e-4)
-        numpy_crops, numpy_transforms = body_crops(case["image"], case["boxes"], MEAN, STD,
+        numpy_crops, numpy_transforms = body_crops(case["image"], case["boxes"], MEAN, STD, scale=1.2,
                                                    crop_size=case["crop_size"], channel_order=case["channel_order"])
         np.testing.assert_allclose(crops, numpy_crops, rtol=0, atol=2e-6)
         np.testing.assert_array_equal(transforms, numpy_transforms)

@@ -497,7 +497,7 @@ def test_bodyrt_run_writes_outputs(arch, bundles, tmp_path):
     assert sum(line.startswith("f ") for line in obj_lines) == 13776
     assert (out / "person_overlay.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["images"][0]["timings_ms"]) >= {"body_crop", "body", "camera"}
+    assert set(summary["images"][0]["timings_ms"]) >= {"body_crop", "body", "pinhole"}
 
 
 def test_bench_times_runtime_and_reference(bundles, checkpoints, smpl_path, capsys):
