@@ -329,6 +329,12 @@ def check_gpu_export(engine: str, precision: str, probe: bool = True):
     """
     if engine not in ENGINES:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if precision == "bf16":
+        raise InputError("--precision bf16 is not an export precision: the exported graphs are fp32 and bf16 is "
+                         "chosen at run time (bodyrt run --backend openvino --precision bf16)")
+    if precision == "int8":
+        raise InputError("--precision int8 is not an export precision: make the int8 variant of an exported "
+                         "bundle with bodyrt quantize --bundle BUNDLE --calibration IMAGE_FOLDER")
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if engine == "tensorrt" and probe:

@@ -313,9 +313,10 @@ def _join(path: str, name: str) -> str:
 def _parse(value, kind, path: str):
     origin = typing.get_origin(kind)
     if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(kind):
-            if option is type(None):
-                continue
+        options = [option for option in typing.get_args(kind) if option is not type(None)]
+        if len(options) == 1:  # optional X: X's own message, naming the nested field at fault
+            return _parse(value, options[0], path)
+        for option in options:
             try:
                 return _parse(value, option, path)
             except BundleError:
@@ -442,7 +443,7 @@ def _check(manifest: Manifest, path: str) -> None:
         if len(face) != 3 or not all(0 <= vertex < manifest.mesh.num_vertices for vertex in face):
             raise BundleError(f"{path}: mesh.faces[{index}]: not 3 vertex indices below {manifest.mesh.num_vertices}")
     # every file any entry names is listed with its hash, so read_bundle verifies all of them
-    named = {stage.file: f"{path}: stages" for stage in manifest.stages}
+    named = {stage.file: f"{path}: stages[{index}].file" for index, stage in enumerate(manifest.stages)}
     variant = manifest.variants.int8
     if variant is not None:
         for stage, file in variant.stages.items():
@@ -486,12 +487,15 @@ def _check_unique(names: list, where: str, what: str) -> None:
 def parse_manifest(data, path: str = "manifest") -> Manifest:
     """A manifest dict (parsed JSON) -> Manifest; BundleError naming the JSON path of the first
     missing, mistyped, unknown or inconsistent field. path prefixes the JSON paths in messages."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        raise BundleError(f"{path}: not a bodyrt bundle manifest")
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: not a bodyrt bundle manifest (expected an object, got {type(data).__name__})")
+    if data.get("format") != FORMAT_NAME:
+        raise BundleError(f"{path}: format: expected {FORMAT_NAME!r}, got {data.get('format')!r}; "
+                          "not a bodyrt bundle manifest")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format version {version}, this bodyrt reads version {FORMAT_VERSION}; "
-                          f"re-export the bundle with this bodyrt: {REEXPORT_COMMAND}")
+        raise BundleError(f"{path}: format_version {version!r}: this bodyrt reads bundle format version "
+                          f"{FORMAT_VERSION}; re-export the bundle with this bodyrt: {REEXPORT_COMMAND}")
     try:
         manifest = _parse_object(data, Manifest, "")
     except BundleError as error:
