@@ -94,7 +94,7 @@ def test_openvino_stage(benchmark, pipelines, precision, stage):
     pipeline = pipeline_or_skip(pipelines, precision)
     image, boxes = bench_image("720p", 1)
     pipeline(image, boxes)
-    feeds = {spec["name"]: pipeline.last_tensors[spec["name"]] for spec in pipeline.bundle.stage(stage)["inputs"]}
+    feeds = {spec.name: pipeline.last_tensors[spec.name] for spec in pipeline.bundle.stage(stage).inputs}
     benchmark.group = f"openvino stage {stage}"
     benchmark.extra_info["runs_at"] = pipeline.stage_precisions[stage]
     benchmark.pedantic(pipeline.runners[stage].infer, args=(feeds,), rounds=ROUNDS, iterations=1, warmup_rounds=1)

@@ -167,7 +167,7 @@ class DeviceExecutor:
                                   self.tensors["person_boxes"].nbytes(self.people), stream)
         self.image_arguments = dict(image=int(frame.image), height=frame.height, width=frame.width,
                                     pitch=frame.pitch, channel_order=frame.channel_order, mean=self.mean,
-                                    std=self.std)
+                                    std=self.std, pixel_scale=self.pixel_scale)
 
     def run(self, step) -> None:
         if isinstance(step, GraphStep):

@@ -165,6 +165,11 @@ class Pipeline:
         self.last_tensors = {}
 
     @property
+    def runners(self) -> dict:
+        """stage -> Runner, for a host executor (benchmarks time them one by one)."""
+        return self.executor.runners
+
+    @property
     def stage_precisions(self) -> dict:
         """stage -> the precision it actually runs at, as the backend reports it."""
         return dict(getattr(self.executor, "stage_precisions", {}))

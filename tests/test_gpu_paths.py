@@ -800,7 +800,8 @@ def test_gpu_kernel_matches_host_build(dtype):
     device = CudaDevice(0)
     stream = device.create_stream()
     event = device.create_event()
-    normalisation = dict(channel_order="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    normalisation = dict(channel_order="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         pixel_scale=1.0 / 255.0)
 
     def run_both(make_launch, inputs, outputs):
         """Launch on the device and through the host build with the same arguments; returns both outputs."""

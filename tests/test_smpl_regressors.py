@@ -430,16 +430,17 @@ def test_manifest_describes_a_body_only_smpl_bundle(arch, bundles):
     from bodyrt.runtime.bundle import read_bundle
 
     manifest = read_bundle(bundles[arch]).manifest
-    assert manifest["arch"] == arch and manifest["parts"] == []
-    assert [stage["name"] for stage in manifest["stages"]] == ["body"]
-    assert [step["op"] for step in manifest["steps"]] == ["body_crop", "graph", "pinhole"]
-    assert manifest["steps"][0]["crop_size"] == 224
-    assert manifest["stages"][0]["inputs"][0]["shape"] == ["people", 3, 224, 224]
-    assert manifest["mesh"]["model"] == "smpl" and manifest["mesh"]["num_vertices"] == 6890
-    assert len(manifest["mesh"]["faces"]) == 13776
-    assert manifest["source"]["untrained"] is True
-    assert set(manifest["files"]) == {"body.onnx"}
-    assert {"vertices", "joints", "global_orient", "body_pose", "camera_scale"} <= set(manifest["results"])
+    assert manifest.arch == arch and manifest.fp32_stages == ()
+    assert [stage.name for stage in manifest.stages] == ["body"]
+    assert [step.op for step in manifest.steps] == ["body_crop", "graph", "pinhole"]
+    assert [step.name for step in manifest.steps] == ["body_crop", "body", "pinhole"]
+    assert manifest.steps[0].crop_size == 224
+    assert manifest.stages[0].inputs[0].shape == ("people", 3, 224, 224)
+    assert manifest.mesh.model == "smpl" and manifest.mesh.num_vertices == 6890
+    assert len(manifest.mesh.faces) == 13776
+    assert manifest.source.untrained is True
+    assert set(manifest.files) == {"body.onnx"}
+    assert {"vertices", "joints", "global_orient", "body_pose", "camera_scale"} <= set(manifest.results)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
