@@ -173,7 +173,7 @@ def manifest_for(pipeline, stage_files: dict, graph_specs: dict, checkpoint, bod
                    "body_model": Path(body_model).name, "body_model_sha256": sha256_of(body_model),
                    "untrained": pipeline.untrained},
         "preprocessing": {"mean": list(layout.IMAGENET_MEAN), "std": list(layout.IMAGENET_STD),
-                          "pixel_scale": 1.0 / 255.0},
+                          "pixel_scale": layout.PIXEL_SCALE},
         "stages": [{"name": name, "file": stage_files[name], **graph_specs[name]} for name in stage_files],
         "steps": expose_steps(),
         "results": RESULTS,

@@ -100,7 +100,7 @@ def sample_scene(body_model_path, seed: int = DEMO_SEED, size=(720, 1280)):
     outputs = {"vertices": vertices[None], "camera_scale": np.array([scale]),
                "camera_translation": translation[None], "crop_transforms": transform[None]}
     faces = np.asarray(model.faces, dtype=np.int64)
-    return render_overlay(image, outputs, faces, opacity=1.0), box[None]
+    return render_overlay(image, outputs, faces, crop_size=layout.BODY_CROP_SIZE, opacity=1.0), box[None]
 
 
 def _median_timings(runs: list[dict]) -> dict:

@@ -89,7 +89,8 @@ class ReferencePipeline:
 
         person_boxes = np.asarray(person_boxes, dtype=np.float32).reshape(-1, 4)
         crops, transforms = body_crops(image, person_boxes, layout.IMAGENET_MEAN, layout.IMAGENET_STD,
-                                       crop_size=layout.BODY_CROP_SIZE, scale=layout.BODY_BOX_SCALE)
+                                       crop_size=layout.BODY_CROP_SIZE, scale=layout.BODY_BOX_SCALE,
+                                       pixel_scale=layout.PIXEL_SCALE)
         crops, transforms = torch.from_numpy(crops), torch.from_numpy(transforms)
         lap("body_crop")
         body_params, part_boxes, hand_starts, face_starts = self.body_stage(crops, transforms)

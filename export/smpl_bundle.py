@@ -153,7 +153,8 @@ class SmplRegressorPipeline:
         timings, clock = {}, time.perf_counter()
         person_boxes = np.asarray(person_boxes, dtype=np.float32).reshape(-1, 4)
         crops, transforms = body_crops(image, person_boxes, layout.IMAGENET_MEAN, layout.IMAGENET_STD,
-                                       crop_size=self.crop_size, scale=layout.BODY_BOX_SCALE)
+                                       crop_size=self.crop_size, scale=layout.BODY_BOX_SCALE,
+                                       pixel_scale=layout.PIXEL_SCALE)
         timings["body_crop"], clock = (time.perf_counter() - clock) * 1000.0, time.perf_counter()
         crops = torch.from_numpy(crops)
         values = self.stage(crops)

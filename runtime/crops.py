@@ -24,8 +24,6 @@ import numpy as np
 
 from bodyrt.errors import InputError
 
-# The pixel divisor of 8-bit images; the runtime passes the manifest's preprocessing.pixel_scale.
-UINT8_PIXEL_SCALE = 1.0 / 255.0
 # Body-crop rectangles reaching beyond this many pixels are rejected (the CUDA kernel keeps them in int).
 MAX_BOX_COORDINATE = 2.0**30
 
@@ -93,9 +91,10 @@ def body_crop_taps(crop_size: int, rect_origin: int, rect_length: int, length: i
     return _zero_outside(rect_origin + first, fraction, length)
 
 
-def _weighted_taps(image, channels, rows, row_weights, columns, column_weights, mean=None, std=None,
-                   pixel_scale: float = UINT8_PIXEL_SCALE):
-    """Bilinear samples of the [0, 1] image -> (3, n, m) float32, RGB order.
+def _weighted_taps(image, channels, rows, row_weights, columns, column_weights, mean=None, std=None, *,
+                   pixel_scale: float):
+    """Bilinear samples of the image times pixel_scale (the manifest's; [0, 1] for 8-bit images) -> (3, n, m)
+    float32, RGB order.
 
     rows (n, 2) and columns (m, 2) are image indices with their weights (outside taps weigh 0).
     With mean and std (3,), each tap is normalised before it is weighted (part crops). The sums run
@@ -135,8 +134,8 @@ def check_part_boxes(centres, sizes, mirror):
     return centres, sizes, mirror
 
 
-def part_crops(image, centres, sizes, crop_size: int, mirror, mean, std, channel_order: str = "rgb",
-               pixel_scale: float = UINT8_PIXEL_SCALE) -> np.ndarray:
+def part_crops(image, centres, sizes, crop_size: int, mirror, mean, std, channel_order: str = "rgb", *,
+               pixel_scale: float) -> np.ndarray:
     """Bilinear square crops of the normalised image, zero outside it (grid_sample, align_corners=True).
 
     image (H, W, 3) uint8, any strides; centres (K, 2) and sizes (K,) full-image pixels; crop_size n
@@ -220,8 +219,8 @@ def body_crop_transform(centre, size: float, crop_size: int) -> np.ndarray:
     return transform.astype(np.float32)
 
 
-def body_crops(image, boxes, mean, std, crop_size: int, scale: float, channel_order: str = "rgb",
-               pixel_scale: float = UINT8_PIXEL_SCALE):
+def body_crops(image, boxes, mean, std, crop_size: int, scale: float, channel_order: str = "rgb", *,
+               pixel_scale: float):
     """The body network's input crops and their crop transforms.
 
     image (H, W, 3) uint8, any strides; boxes (N, 4) x0, y0, x1, y1 full-image pixels; mean, std (3,).

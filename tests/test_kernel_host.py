@@ -81,7 +81,7 @@ def test_part_crops_kernel_agrees_with_the_numpy_runtime():
         boxes = case["boxes"][:, case["parts"]]
         expected = part_crops(case["image"], boxes[..., :2].reshape(-1, 2), boxes[..., 2].reshape(-1),
                               case["crop_size"], np.tile(case["mirror"], len(boxes)), MEAN, STD,
-                              channel_order=case["channel_order"])
+                              channel_order=case["channel_order"], pixel_scale=PIXEL_SCALE)
         np.testing.assert_allclose(kernel_part_crops(case), expected, rtol=0, atol=2e-6)
 
 
@@ -111,7 +111,8 @@ def test_body_crops_kernel_matches_cv2_resize_on_random_cases():
             np.testing.assert_allclose(transform, hand_computed_transform(box, case["crop_size"]), rtol=1e-6,
                                        atol=1e-4)
         numpy_crops, numpy_transforms = body_crops(case["image"], case["boxes"], MEAN, STD, scale=1.2,
-                                                   crop_size=case["crop_size"], channel_order=case["channel_order"])
+                                                   crop_size=case["crop_size"], channel_order=case["channel_order"],
+                                                   pixel_scale=PIXEL_SCALE)
         np.testing.assert_allclose(crops, numpy_crops, rtol=0, atol=2e-6)
         np.testing.assert_array_equal(transforms, numpy_transforms)
 
