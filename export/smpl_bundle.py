@@ -12,7 +12,6 @@ bodyrt.export.deform_learn name them, an optional DataParallel `module.` prefix 
 """
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,9 +24,8 @@ from bodyrt.export import deform_learn, hkmr, layout
 from bodyrt.export.body_model import BodyModel, load_body_model
 from bodyrt.export.bundle import body_crop_step, build_bundle, manifest_for, pinhole_step, sample_batch
 from bodyrt.export.checkpoint import check_format_header, randomise_, read_checkpoint_file, take_tensor
-from bodyrt.export.reference import ReferenceResult
-from bodyrt.runtime.crops import body_crops
-from bodyrt.runtime.pipeline import pinhole_camera
+from bodyrt.export.reference import PREPROCESSING, ReferenceResult
+from bodyrt.export.torch_executor import TorchStage, reference_manifest, torch_pipeline
 
 log = logging.getLogger("bodyrt")
 
@@ -148,24 +146,18 @@ class SmplRegressorPipeline:
         self.faces = np.asarray(self.body_model_data.arrays["f"], dtype=np.int64)
         self.crop_size = self.arch.input_size
 
-    @torch.inference_mode()
+        stage = TorchStage("body", self.stage, ["body_crops"], list(self.stage.OUTPUT_NAMES))
+        self.manifest = reference_manifest(
+            self.arch.name, [stage], smpl_steps(self.crop_size), [*self.stage.OUTPUT_NAMES, *PINHOLE_OUTPUTS],
+            PREPROCESSING, self.faces, int(self.body_model_data.arrays["v_template"].shape[0]), "smpl",
+            checkpoint_path, body_model_path, self.untrained)
+        self.pipeline = torch_pipeline(self.manifest, [stage])
+
     def __call__(self, image: np.ndarray, person_boxes) -> ReferenceResult:
-        timings, clock = {}, time.perf_counter()
-        person_boxes = np.asarray(person_boxes, dtype=np.float32).reshape(-1, 4)
-        crops, transforms = body_crops(image, person_boxes, layout.IMAGENET_MEAN, layout.IMAGENET_STD,
-                                       crop_size=self.crop_size, scale=layout.BODY_BOX_SCALE,
-                                       pixel_scale=layout.PIXEL_SCALE)
-        timings["body_crop"], clock = (time.perf_counter() - clock) * 1000.0, time.perf_counter()
-        crops = torch.from_numpy(crops)
-        values = self.stage(crops)
-        timings["body"], clock = (time.perf_counter() - clock) * 1000.0, time.perf_counter()
-        self.last_intermediates = {"body_crops": crops}
-        outputs = {name: value.numpy() for name, value in zip(self.stage.OUTPUT_NAMES, values)}
-        outputs["crop_transforms"] = transforms
-        outputs.update(pinhole_camera(outputs["camera_scale"], outputs["camera_translation"], transforms,
-                                      layout.FOCAL_LENGTH_PX, self.crop_size))
-        timings["pinhole"] = (time.perf_counter() - clock) * 1000.0
-        return ReferenceResult(outputs=outputs, timings_ms=timings)
+        """The manifest's steps (body crop, the stage, pinhole) on the torch executor."""
+        result = self.pipeline(image, person_boxes)
+        self.last_intermediates = {"body_crops": self.pipeline.executor.tensors_torch["body_crops"]}
+        return result
 
 
 # --------------------------------------------------------------------------------------- the bundle

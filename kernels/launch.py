@@ -7,8 +7,8 @@ GPU, host pointers for the host build. With cuda-python:
     launch = part_crops_launch(image=frame_ptr, height=720, width=1280, pitch=3 * 1280, channel_order="bgr",
                                mean=manifest_mean, std=manifest_std, pixel_scale=manifest_pixel_scale,
                                part_boxes=part_boxes_ptr, people=n,
-                               boxes_per_person=3, parts=step["parts"], mirror=step["mirror"],
-                               crop_size=step["crop_size"], out=hand_input_ptr, dtype="float16")
+                               boxes_per_person=3, parts=step.parts, mirror=step.mirror,
+                               crop_size=step.crop_size, out=hand_input_ptr, dtype="float16")
     params = launch.kernel_params()        # keep alive until cuLaunchKernel returns
     driver.cuLaunchKernel(functions[launch.kernel], *launch.grid, *launch.block,
                           launch.shared_memory_bytes, stream, ctypes.addressof(params), 0)

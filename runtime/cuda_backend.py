@@ -5,7 +5,7 @@ or cuDNN libraries, no GPU) does not fail: it runs on the CPU. Every session is 
 with get_providers() right after creation and a fallback is reported as BackendUnavailableError,
 never passed off as GPU.
 
-On the device (DevicePipeline) the graphs run with IO binding on preallocated device buffers, on the
+On the device (the device executor) the graphs run with IO binding on preallocated device buffers, on the
 pipeline's stream (user_compute_stream), without a synchronisation at the end of each run.
 """
 

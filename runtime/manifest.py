@@ -390,6 +390,11 @@ def _parse_steps(value, path: str) -> tuple:
     return tuple(steps)
 
 
+def parse_steps(value) -> tuple:
+    """A step list (parsed JSON) -> step dataclasses; BundleError naming the JSON path at fault."""
+    return _parse_steps(value, "steps")
+
+
 def _check_relative(file: str, where: str) -> None:
     path = PurePosixPath(file)
     if not file or path.is_absolute() or ".." in path.parts or "\\" in file or path.name != file:
