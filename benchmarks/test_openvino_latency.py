@@ -25,7 +25,7 @@ def openvino_bundle(bundle_dir, demo_files, tmp_path_factory):
     """The session bundle, or in full mode a hard-linked copy of it with an int8 variant."""
     if "int8" not in PRECISIONS:
         return bundle_dir
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.export.quantize import quantize_bundle
     from bodyrt.images import save_png
 

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from bodyrt.errors import BodyModelError, CheckpointError, InputError
-from bodyrt.export import deform_learn, hkmr, layout
+from bodyrt.export import deform_learn, hkmr
 from bodyrt.export.body_model import BodyModel, load_body_model
 from bodyrt.export.bundle import body_crop_step, build_bundle, manifest_for, pinhole_step, sample_batch
-from bodyrt.export.checkpoint import check_format_header, randomise_, read_checkpoint_file, take_tensor
+from bodyrt.export.checkpoint import check_format_header, read_checkpoint_file, take_tensor
+from bodyrt.export.fixtures.checkpoints import randomise_
 from bodyrt.export.reference import PREPROCESSING, ReferenceResult
 from bodyrt.export.torch_executor import TorchStage, reference_manifest, torch_pipeline
 

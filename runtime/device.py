@@ -8,7 +8,6 @@ cuda-python is imported lazily; a missing package or driver raises BackendUnavai
 """
 
 import ctypes
-import time
 from dataclasses import dataclass
 
 import numpy as np

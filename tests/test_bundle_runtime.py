@@ -21,7 +21,7 @@ def runtime(bundle_dir):
 
 
 def scene(demo_files, size, seed=0):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     return sample_scene(demo_files[1], seed=seed, size=size)
 

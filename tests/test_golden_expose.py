@@ -58,8 +58,8 @@ def state_dict_sha256(model: dict) -> str:
 def golden_inputs(tmp_path_factory):
     """(checkpoint, body model) the official code ran: regenerated, edited as the golden README says,
     and checked against the hash of the file the official code loaded."""
-    from bodyrt.export.checkpoint import write_random_checkpoint
-    from bodyrt.export.synthetic import smplx_arrays, write_smplx_model
+    from bodyrt.export.fixtures.checkpoints import write_random_checkpoint
+    from bodyrt.export.fixtures.body_models import smplx_arrays, write_smplx_model
 
     folder = tmp_path_factory.mktemp("golden-expose")
     body_model = write_smplx_model(folder, seed=SEED)

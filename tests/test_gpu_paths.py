@@ -44,7 +44,7 @@ MAX_PEOPLE = 4
 
 
 def scene(demo_files, size=(480, 640), people=2, seed=2):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     image, box = sample_scene(demo_files[1], seed=seed, size=size)
     shifts = np.array([[0, 0, 0, 0], [-60, 20, -60, 20], [90, -10, 90, -10]], dtype=np.float32)[:people]
@@ -645,7 +645,7 @@ def test_missing_gpu_packages_are_named(bundle_dir, monkeypatch, tmp_path, capsy
 def test_cli_run_on_a_gpu_backend_uses_the_device_pipeline_and_refuses_a_cpu_precision(
         bundle_dir, demo_files, monkeypatch, tmp_path, capsys):
     from bodyrt.cli import main
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.images import save_png
 
     image, _ = sample_scene(demo_files[1], seed=0, size=(120, 160))

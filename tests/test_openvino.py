@@ -51,7 +51,7 @@ def openvino_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scenes(demo_files):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     return [sample_scene(demo_files[1], seed=seed, size=(720, 1280)) for seed in (0, 1)]
 
@@ -66,7 +66,7 @@ def linked_copy(bundle_dir, target):
 @pytest.fixture(scope="module")
 def quantized_bundle(bundle_dir, demo_files, tmp_path_factory):
     """A copy of the session bundle with an int8 variant, calibrated on three one-person images."""
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.export.quantize import quantize_bundle
     from bodyrt.images import save_png
 

@@ -27,14 +27,14 @@ PARITY_M = 1e-4  # the issue's bar: ONNX Runtime against PyTorch, metres
 
 @pytest.fixture(scope="module")
 def smpl_arrays_():
-    from bodyrt.export.synthetic import smpl_arrays
+    from bodyrt.export.fixtures.body_models import smpl_arrays
 
     return smpl_arrays(seed=0)
 
 
 @pytest.fixture(scope="module")
 def smpl_path(tmp_path_factory, smpl_arrays_):
-    from bodyrt.export.synthetic import write_body_model
+    from bodyrt.export.fixtures.body_models import write_body_model
 
     return write_body_model(tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.pkl", smpl_arrays_)
 
@@ -115,7 +115,7 @@ def test_hkmr_layer_sizes_follow_the_paper():
 
 
 def test_hkmr_chains_partition_the_smpl_tree():
-    from bodyrt.export.synthetic import SMPL_PARENTS
+    from bodyrt.export.fixtures.body_models import SMPL_PARENTS
 
     joints = [joint for chain in hkmr.CHAINS.values() for joint in chain]
     assert sorted(joints) == list(range(24))
@@ -319,7 +319,7 @@ def test_segment_scaled_body_is_smpl_skinning_without_blend_shapes(smpl_arrays_,
 
 def test_segment_scales_stretch_segments_about_their_joints(smpl_path):
     from bodyrt.export.body_model import load_body_model
-    from bodyrt.export.synthetic import SMPL_PARENTS
+    from bodyrt.export.fixtures.body_models import SMPL_PARENTS
 
     body = deform_learn.SegmentScaledBody(load_body_model(smpl_path)).double()
     generator = torch.Generator().manual_seed(1)
