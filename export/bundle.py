@@ -21,6 +21,7 @@ import torch
 import bodyrt
 from bodyrt.errors import ExportError
 from bodyrt.export import layout
+from bodyrt.export.stages import MergeStage
 from bodyrt.progress import progress
 from bodyrt.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
 from bodyrt.runtime.manifest import parse_manifest
@@ -46,9 +47,7 @@ def stage_specs(pipeline) -> list[dict]:
          "inputs": ["face_crops", "face_starts"], "outputs": ["face_params"]},
         {"name": "merge", "module": pipeline.merge_stage,
          "inputs": ["body_params", "hand_params", "face_params"],
-         "outputs": ["vertices", "joints", "global_orient", "body_pose", "left_hand_pose",
-                     "right_hand_pose", "jaw_pose", "betas", "expression", "camera_scale",
-                     "camera_translation"]},
+         "outputs": list(MergeStage.OUTPUT_NAMES)},
     ]
 
 
@@ -83,9 +82,7 @@ def expose_steps() -> list[dict]:
     ]
 
 
-RESULTS = ["vertices", "joints", "global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
-           "jaw_pose", "betas", "expression", "camera_scale", "camera_translation", "part_boxes",
-           "crop_transforms", "focal_length", "pinhole_translation"]
+RESULTS = [*MergeStage.OUTPUT_NAMES, "part_boxes", "crop_transforms", *PINHOLE_OUTPUTS]
 
 
 def export_onnx(module, sample_inputs: tuple, path: Path, input_names, output_names,

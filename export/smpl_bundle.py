@@ -22,7 +22,8 @@ import torch
 from bodyrt.errors import BodyModelError, CheckpointError, InputError
 from bodyrt.export import deform_learn, hkmr
 from bodyrt.export.body_model import BodyModel, load_body_model
-from bodyrt.export.bundle import body_crop_step, build_bundle, manifest_for, pinhole_step, sample_batch
+from bodyrt.export.bundle import (PINHOLE_OUTPUTS, body_crop_step, build_bundle, manifest_for, pinhole_step,
+                                  sample_batch)
 from bodyrt.export.checkpoint import check_format_header, read_checkpoint_file, take_tensor
 from bodyrt.export.fixtures.checkpoints import randomise_
 from bodyrt.export.reference import PREPROCESSING, ReferenceResult
@@ -33,7 +34,6 @@ log = logging.getLogger("bodyrt")
 SMPL_REGRESSOR_FORMAT = "bodyrt-smpl-regressor-weights"
 SMPL_REGRESSOR_FORMAT_VERSION = 1
 PARITY_TOLERANCE = 1e-4  # largest |onnx - torch| of any output: metres, rotation entries, scales
-PINHOLE_OUTPUTS = ["crop_transforms", "focal_length", "pinhole_translation"]
 MODEL_NAMES = {"smpl": "SMPL", "smplx": "SMPL-X"}
 
 
@@ -149,7 +149,7 @@ class SmplRegressorPipeline:
 
         stage = TorchStage("body", self.stage, ["body_crops"], list(self.stage.OUTPUT_NAMES))
         self.manifest = reference_manifest(
-            self.arch.name, [stage], smpl_steps(self.crop_size), [*self.stage.OUTPUT_NAMES, *PINHOLE_OUTPUTS],
+            self.arch.name, [stage], smpl_steps(self.crop_size), [*self.stage.OUTPUT_NAMES, "crop_transforms", *PINHOLE_OUTPUTS],
             PREPROCESSING, self.faces, int(self.body_model_data.arrays["v_template"].shape[0]), "smpl",
             checkpoint_path, body_model_path, self.untrained)
         self.pipeline = torch_pipeline(self.manifest, [stage])
@@ -173,7 +173,7 @@ def smpl_manifest(pipeline: SmplRegressorPipeline, stage_files: dict, graph_spec
     """The common manifest (manifest_for) with this architecture's arch, steps, results and mesh."""
     manifest = manifest_for(pipeline, stage_files, graph_specs, checkpoint, body_model)
     manifest.update(arch=pipeline.arch.name, fp32_stages=[], steps=smpl_steps(pipeline.crop_size),
-                    results=[*pipeline.stage.OUTPUT_NAMES, *PINHOLE_OUTPUTS])
+                    results=[*pipeline.stage.OUTPUT_NAMES, "crop_transforms", *PINHOLE_OUTPUTS])
     manifest["mesh"]["model"] = "smpl"
     return manifest
 
