@@ -149,7 +149,8 @@ class SmplRegressorPipeline:
 
         stage = TorchStage("body", self.stage, ["body_crops"], list(self.stage.OUTPUT_NAMES))
         self.manifest = reference_manifest(
-            self.arch.name, [stage], smpl_steps(self.crop_size), [*self.stage.OUTPUT_NAMES, "crop_transforms", *PINHOLE_OUTPUTS],
+            self.arch.name, [stage], smpl_steps(self.crop_size),
+            [*self.stage.OUTPUT_NAMES, "crop_transforms", *PINHOLE_OUTPUTS],
             PREPROCESSING, self.faces, int(self.body_model_data.arrays["v_template"].shape[0]), "smpl",
             checkpoint_path, body_model_path, self.untrained)
         self.pipeline = torch_pipeline(self.manifest, [stage])
