@@ -136,10 +136,14 @@ __host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rec
 __host__ __device__ inline float body_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
                                                  int source_channel, float mean, float std, float divisor)
 {
-    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel, divisor) * columns.first_weight
-              + unit_pixel(image, pitch, rows.first, columns.second, source_channel, divisor) * columns.second_weight;
-    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel, divisor) * columns.first_weight
-                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel, divisor) * columns.second_weight;
+    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel, divisor)
+                  * columns.first_weight
+              + unit_pixel(image, pitch, rows.first, columns.second, source_channel, divisor)
+                  * columns.second_weight;
+    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel, divisor)
+                     * columns.first_weight
+                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel, divisor)
+                     * columns.second_weight;
     return (top * rows.first_weight + bottom * rows.second_weight - mean) / std;
 }
 
@@ -252,8 +256,8 @@ extern "C" __global__ void part_crops_f32(const unsigned char* image, int height
                                           const float* part_boxes, int boxes_per_person, int first_part,
                                           int parts_per_person, unsigned int mirror_mask, int crop_size, float* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor, part_boxes,
-                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   part_boxes, boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void part_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
@@ -263,8 +267,8 @@ extern "C" __global__ void part_crops_f16(const unsigned char* image, int height
                                           int parts_per_person, unsigned int mirror_mask, int crop_size,
                                           unsigned short* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor, part_boxes,
-                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   part_boxes, boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void body_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
@@ -273,8 +277,8 @@ extern "C" __global__ void body_crops_f32(const unsigned char* image, int height
                                           const float* person_boxes, double box_scale, int crop_size, float* out,
                                           float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor, person_boxes,
-                   box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   person_boxes, box_scale, crop_size, out, transforms);
 }
 
 extern "C" __global__ void body_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
@@ -283,6 +287,6 @@ extern "C" __global__ void body_crops_f16(const unsigned char* image, int height
                                           const float* person_boxes, double box_scale, int crop_size,
                                           unsigned short* out, float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor, person_boxes,
-                   box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   person_boxes, box_scale, crop_size, out, transforms);
 }

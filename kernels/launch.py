@@ -111,7 +111,8 @@ def _pack(kernel: str, values: list) -> tuple:
 
 
 def part_crops_launch(image: int, height: int, width: int, pitch: int, channel_order: str, mean, std,
-                      pixel_scale: float, part_boxes: int, people: int, boxes_per_person: int, parts, mirror, crop_size: int,
+                      pixel_scale: float, part_boxes: int, people: int, boxes_per_person: int, parts, mirror,
+                      crop_size: int,
                       out: int, dtype="float32") -> KernelLaunch:
     """The launch cutting crops of `parts` (consecutive part indices, e.g. the manifest step's [0, 1])
     for every person, straight from the body engine's part_boxes (people, boxes_per_person, 3).
@@ -135,7 +136,8 @@ def part_crops_launch(image: int, height: int, width: int, pitch: int, channel_o
 
 
 def body_crops_launch(image: int, height: int, width: int, pitch: int, channel_order: str, mean, std,
-                      pixel_scale: float, person_boxes: int, people: int, box_scale: float, crop_size: int, out: int, transforms: int,
+                      pixel_scale: float, person_boxes: int, people: int, box_scale: float, crop_size: int, out: int,
+                      transforms: int,
                       dtype="float32") -> KernelLaunch:
     """The launch cutting every person's body crop and writing its crop transform.
 
