@@ -682,7 +682,8 @@ def test_cli_run_on_the_emulated_tensorrt_backend(emulated_bundles, cpu_runtime,
                  "--out", str(tmp_path / "out"), "--backend", "tensorrt"]
     for box in boxes:
         arguments += ["--box", *(str(float(value)) for value in box)]
-    assert main(arguments) == 0, capsys.readouterr().err
+    code, err = main(arguments), capsys.readouterr().err
+    assert code == 0, err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]
     assert summary["backend"] == "tensorrt" and summary["device"] == "Host Emulation"
     assert {"body_crop", "body", "hand_crops", "face_crops", "hand", "face", "merge"} <= set(summary["timings_ms"])
