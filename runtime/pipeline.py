@@ -15,6 +15,7 @@ from bodyrt.errors import BundleError, InputError
 from bodyrt.runtime.backends import make_runner
 from bodyrt.runtime.bundle import read_bundle
 from bodyrt.runtime.crops import body_crops, part_crops
+from bodyrt.limits import check_threads
 
 
 @dataclass
@@ -142,4 +143,5 @@ class Pipeline:
 
 def open_bundle(path, backend: str = "onnxruntime", threads: int = 2, precision: str = "fp32") -> Pipeline:
     """Verify a bundle and open every stage on the backend at the precision (fp32, bf16, int8)."""
+    check_threads(threads)
     return Pipeline(read_bundle(path), backend=backend, threads=threads, precision=precision)
