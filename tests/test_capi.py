@@ -141,6 +141,7 @@ EXPECTED_ERRORS = {
     "create_null_pipeline": ("INVALID_ARGUMENT", "pipeline is NULL"),
     "create_zero_threads": ("INVALID_ARGUMENT", "options->threads must be > 0, got 0"),
     "create_negative_threads": ("INVALID_ARGUMENT", "options->threads must be > 0, got -3"),
+    "create_too_many_threads": ("INVALID_ARGUMENT", "threads must be between 1 and"),
     "create_null_backend": ("INVALID_ARGUMENT", "options->backend is NULL"),
     "create_unknown_backend": ("BACKEND_UNAVAILABLE", "'no-such-backend'"),
     "run_null_pixels": ("INVALID_ARGUMENT", "bodyrt_run: pixels is NULL"),

@@ -199,6 +199,8 @@ static int check_errors(char **argv)
     REPORT("create_zero_threads", bodyrt_create(bundle, &options, &pipeline));
     options.threads = -3;
     REPORT("create_negative_threads", bodyrt_create(bundle, &options, &pipeline));
+    options.threads = 100000;  /* once grew a process to 7.7 GB: bounded by the CPU count now */
+    REPORT("create_too_many_threads", bodyrt_create(bundle, &options, &pipeline));
     options = bodyrt_default_options();
     options.backend = NULL;
     REPORT("create_null_backend", bodyrt_create(bundle, &options, &pipeline));
