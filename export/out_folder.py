@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -191,6 +192,16 @@ def swap_in(staging: Path, out_dir: Path) -> None:
     into it, so the folder (and a shell sitting in it) stays. out_dir a bundle bodyrt wrote: renamed
     aside, the staging folder renamed in, the old one removed; the old bundle survives until then.
     Anything else was refused by check_out_dir; it is checked again here in case the folder changed."""
+    # No signal may land between the renames (a bundle half-swapped); they are delivered right after.
+    stopping = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
+        _swap_in(staging, out_dir)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
     files = [entry.name for entry in staging.iterdir() if entry.name != MARKER_NAME]
     write_marker(staging, "complete", files)
     if not out_dir.exists():

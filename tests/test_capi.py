@@ -149,6 +149,7 @@ EXPECTED_ERRORS = {
     "run_negative_height": ("INVALID_ARGUMENT", "height must be > 0, got -5"),
     "run_short_stride": ("INVALID_ARGUMENT", "row_stride 959 is smaller than a row of 320 pixels (960 bytes)"),
     "run_negative_stride": ("INVALID_ARGUMENT", "row_stride -960 is smaller"),
+    "run_huge_image": ("INVALID_ARGUMENT", "is too large (at most 100 million pixels)"),
     "run_bad_channel_order": ("INVALID_ARGUMENT", "channel_order 7"),
     "run_null_boxes": ("INVALID_ARGUMENT", "boxes is NULL"),
     "run_zero_persons": ("INVALID_ARGUMENT", "person_count must be > 0, got 0"),

@@ -150,6 +150,16 @@ def test_export_into_a_read_only_folder_is_refused_up_front(tmp_path):
     assert sorted(tmp_path.iterdir()) == [locked] and list(locked.iterdir()) == []
 
 
+def test_write_errors_outside_the_up_front_checks_are_one_line(tmp_path, capsys):
+    """The CLI's last line of defence: an OSError from any command is one line naming the path."""
+    _file(tmp_path)
+    before = snapshot(tmp_path)
+    code, stderr = run_cli(["build-capi", "--out", tmp_path / "notes.txt" / "capi"], capsys)
+    assert code == 1
+    assert re.search(r"notes.txt/capi: Not a directory", error_line(stderr)), stderr
+    assert snapshot(tmp_path) == before
+
+
 # A one-layer "stage" through build_bundle, the code every architecture's export goes through.
 
 class _Scale(torch.nn.Module):
