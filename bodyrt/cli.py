@@ -24,11 +24,16 @@ def thread_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error).removeprefix("--threads ")) from None
 
 
+def _add_threads(parser, what: str = "CPU threads") -> None:
+    parser.add_argument("--threads", type=thread_count, default=default_threads(),
+                        help=f"{what}, 1 to this machine's CPU count (default: %(default)s)")
+
+
 def _add_demo(commands):
     parser = commands.add_parser(
         "demo", help="generate synthetic models and an untrained checkpoint, export, run and time them")
     parser.add_argument("--out", default="bodyrt-demo", help="output directory (default: %(default)s)")
-    parser.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads per stage (default: %(default)s)")
+    _add_threads(parser, "CPU threads per stage")
     parser.set_defaults(handler=_run_demo)
 
 
@@ -46,7 +51,7 @@ def _add_export(commands):
     parser.add_argument("--arch", choices=["expose", "hkmr", "deform-and-learn"], default="expose",
                         help="architecture of the checkpoint (default: %(default)s)")
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced only when complete)")
-    parser.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--engine", choices=["onnx", "tensorrt"], default="onnx",
                         help="tensorrt: also build TensorRT engines for this machine's GPU (default: %(default)s)")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
@@ -78,7 +83,7 @@ def _add_run(commands):
                         help="person box in pixels; repeat for several people (applies to every image); "
                              "default: the whole image")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime, "
                         "openvino, or on a GPU tensorrt or cuda (default: %(default)s)")
     parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
@@ -112,7 +117,7 @@ def _add_bench(commands):
                              "(default: fp32)")
     parser.add_argument("--persons", type=int, default=1, help="persons per image (default: %(default)s)")
     parser.add_argument("--image-size", default="720p", help="720p, 1080p or 4k (default: %(default)s)")
-    parser.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: %(default)s)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -145,7 +150,7 @@ def _add_quantize(commands):
     parser.add_argument("--calibration", required=True, metavar="FOLDER",
                         help="folder of JPEG/PNG photos, one person each, framed around the person")
     parser.add_argument("--max-images", type=int, default=100, help="use at most this many (default: %(default)s)")
-    parser.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.set_defaults(handler=_quantize)
 
 
@@ -168,7 +173,7 @@ def _add_compare(commands):
                         help="precision to compare with fp32; repeat (default: bf16 and int8)")
     parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                         help="person box in pixels, for every image; repeat for several (default: whole image)")
-    parser.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds over the images (default: %(default)s)")
     parser.add_argument("--json", help="write the report to this file")
     parser.set_defaults(handler=_compare)
@@ -195,7 +200,7 @@ def _add_convert(commands):
     smpl.add_argument("--smpl-model", help="SMPL model file; needed when INPUT holds parameters")
     smpl.add_argument("--out", required=True, help=".npz to write, one row per input body")
     smpl.add_argument("--batch-size", type=int, default=16, help="fits optimised together (default: %(default)s)")
-    smpl.add_argument("--threads", type=thread_count, default=default_threads(), help="CPU threads (default: %(default)s)")
+    _add_threads(smpl)
     smpl.set_defaults(handler=_convert_smpl_to_smplx)
 
 

@@ -9,8 +9,9 @@ temporary names); one foreign file and the export is refused with nothing touche
 An export is staged in a hidden sibling folder `.NAME.partial-XXXX` that carries the marker in state
 "partial" with the writing process's id and host. SIGINT, SIGTERM and SIGHUP remove it (the CLI
 turns SIGTERM and SIGHUP into an exception, bodyrt.cli.Terminated, so the same cleanup runs); SIGKILL
-cannot be caught, so the next export into the same parent removes stale staging folders it recognises: marker in state "partial" or "retired",
-written on this host by a process that no longer runs.
+cannot be caught, so the next export into the same parent removes stale staging folders it
+recognises: marker in state "partial" or "retired", written on this host by a process that no longer
+runs. The renames that swap a bundle in run with these signals blocked, so none lands between them.
 
 Every check runs before the long export starts (`check_out_dir`), so `--out` an existing file, a path
 below a file, a read-only folder or a foreign folder fails in a second, not after minutes.
@@ -33,7 +34,7 @@ log = logging.getLogger("bodyrt")
 
 MARKER_NAME = ".bodyrt-bundle"
 MARKER_FORMAT = "bodyrt-bundle-marker"
-MANIFEST_NAME = "manifest.json"  # bodyrt.runtime.bundle.MANIFEST_NAME; repeated to keep this module torch- and runtime-free
+MANIFEST_NAME = "manifest.json"  # as bodyrt.runtime.bundle's; repeated to keep this module free of the runtime
 LEGACY_FORMAT = "bodyrt-bundle"  # manifests of bundles written before the marker existed
 TEMPORARY_PREFIXES = (".quantize-", ".gpu-partial-")
 TEMPORARY_SUFFIXES = (".partial",)
