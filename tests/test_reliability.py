@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from bodyrt.cli import main
+from bodyrt.errors import ExportError
 from bodyrt.export.out_folder import MARKER_NAME, current_umask, read_marker, write_marker
 
 
@@ -201,6 +202,18 @@ def test_export_replaces_a_bundle_it_wrote(tmp_path):
     _tiny_bundle(out, size=16)
     assert (out / "body.onnx").read_bytes() != first
     assert no_staging_left(tmp_path)
+
+
+def test_a_bundle_from_before_the_marker_is_replaced_only_when_it_holds_nothing_else(tmp_path):
+    out = _tiny_bundle(tmp_path / "bundle", size=8)
+    (out / MARKER_NAME).unlink()  # as exported by an older bodyrt
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="holds notes.txt, which bodyrt did not write"):
+        _tiny_bundle(out, size=16)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    _tiny_bundle(out, size=16)  # only its manifest and the files it lists: bodyrt's own
+    assert read_marker(out)["state"] == "complete" and no_staging_left(tmp_path)
 
 
 def test_export_into_the_empty_working_folder_fills_it_in_place(tmp_path, monkeypatch):
