@@ -179,9 +179,16 @@ def _tiny_bundle(out_dir, size: int = 8):
             "exporter": "torchscript", "tolerance": 1e-4}
     samples = {"x": torch.randn(2, size)}
 
-    def manifest(files, graphs):
-        return {"format": "bodyrt-bundle", "format_version": 1, "stages": [{"name": "body", "file": files["body"]}],
-                "files": {}}
+    def manifest(files, graphs):  # the smallest manifest the format-2 parser accepts
+        return {"format": "bodyrt-bundle", "format_version": 2, "arch": "tiny", "created": "2026-12-04T00:00:00Z",
+                "tools": {}, "source": {"checkpoint": "none", "checkpoint_sha256": "0" * 64, "body_model": "none",
+                                       "body_model_sha256": "0" * 64, "untrained": True},
+                "preprocessing": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "pixel_scale": 255.0},
+                "fp32_stages": [], "stages": [{"name": "body", "file": files["body"], **graphs["body"]}],
+                "steps": [{"name": "body_crop", "op": "body_crop", "boxes": "person_boxes", "crops": "x",
+                           "transforms": "crop_transforms", "crop_size": 8, "box_scale": 1.2},
+                          {"name": "body", "op": "graph", "stage": "body"}],
+                "results": ["y"], "mesh": {"model": "none", "num_vertices": 3, "faces": [[0, 1, 2]]}, "files": {}}
 
     return build_bundle(out_dir, [spec], samples, 1, manifest)
 
