@@ -190,7 +190,7 @@ class _HttpError(Exception):
 class BodyrtReplica:
     """One Serve replica: the bundle opened once, one inference thread, an async HTTP front."""
 
-    def __init__(self, bundle: str, backend: str, precision: str, limits: dict):
+    def __init__(self, bundle: str, backend: str, precision: str):
         import ray
         from ray import serve
 
@@ -206,7 +206,7 @@ class BodyrtReplica:
         self.served = 0
         self.started = time.time()
         self._batched = serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)(self._run_batch)
-        self.reconfigure(limits)
+        self.reconfigure(asdict(RequestLimits()))  # Serve calls it again with the deployment's user_config
         self.pipeline(np.zeros((64, 64, 3), np.uint8), [[0.0, 0.0, 64.0, 64.0]])  # warm-up: first-run allocations
 
     def reconfigure(self, limits: dict):
@@ -404,7 +404,29 @@ def build_app(settings: ServeSettings):
         health_check_timeout_s=30.0,
         graceful_shutdown_timeout_s=5.0,
     )
-    return deployment.bind(os.path.abspath(settings.bundle), settings.backend, settings.precision, limits)
+    # Serve gives every serve.run a random code version, which restarts all replicas even when only
+    # the user_config changed. A version naming what a replica opens (Serve's internal option, stable
+    # in the pinned ray release) makes a change of limits or replica count an update in place.
+    version = "|".join([os.path.abspath(settings.bundle), _manifest_digest(settings.bundle), settings.backend,
+                        settings.precision, f"{settings.cpus_per_replica:g}", _bodyrt_version()])
+    try:
+        deployment = deployment.options(version=version, _internal=True)
+    except (TypeError, ValueError):  # another Ray release: every redeploy restarts the replicas
+        pass
+    # the limits travel only as user_config, so that changing them never reopens the bundle
+    return deployment.bind(os.path.abspath(settings.bundle), settings.backend, settings.precision)
+
+
+def _manifest_digest(bundle) -> str:
+    from bodyrt.runtime.bundle import MANIFEST_NAME, sha256_of
+
+    return sha256_of(os.path.join(bundle, MANIFEST_NAME))[:16]
+
+
+def _bodyrt_version() -> str:
+    from bodyrt import __version__
+
+    return __version__
 
 
 @dataclass
@@ -443,6 +465,11 @@ def start_service(settings: ServeSettings) -> Service:
     _require_serve()
     started_ray = _connect_ray(settings)
     try:
+        from ray import serve
+
+        serve.start(http_options={"host": settings.host, "port": settings.port,
+                                  # the proxy's own limit, over the replica's 504 so that one speaks first
+                                  "request_timeout_s": settings.limits.request_timeout_s + 5.0})
         deploy(settings)
     except BaseException:
         if started_ray:
@@ -460,9 +487,6 @@ def deploy(settings: ServeSettings):
     """
     from ray import serve
 
-    serve.start(http_options={"host": settings.host, "port": settings.port,
-                              # the proxy's own limit, a little over the replica's 504 so that one speaks first
-                              "request_timeout_s": settings.limits.request_timeout_s + 5.0})
     try:
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
     except RuntimeError as error:  # a replica failed to start (its error is in the message)
