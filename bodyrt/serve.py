@@ -196,6 +196,7 @@ class BodyrtReplica:
 
         from bodyrt.runtime import open_bundle
 
+        _bind_serve_grpc_to_loopback()
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         self.cpus = float(cpus)
         self.threads = max(1, int(self.cpus))  # the replica's CPU share; a fraction still needs one thread
@@ -371,6 +372,29 @@ class BodyrtReplica:
                         "served": self.served, "up_s": round(time.time() - self.started, 1)},
             "versions": versions(),
         }
+
+
+def _bind_serve_grpc_to_loopback():
+    """On a local single-node Ray (which bodyrt keeps on 127.0.0.1), bind the replica's
+    inter-deployment gRPC server to 127.0.0.1 too. Ray Serve starts it on "[::]:0", every interface,
+    with no option to change that; the server starts after this constructor returns."""
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        return  # a cluster: replicas are reached on the node's address
+    try:
+        from ray.serve._private import replica as serve_replica
+    except ImportError:
+        return
+    bind = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "loopback_only", False):
+        return
+
+    def bind_loopback(server, address: str):
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address[len("[::]:"):]
+        return bind(server, address)
+
+    bind_loopback.loopback_only = True
+    serve_replica.add_port_to_grpc_server = bind_loopback
 
 
 # ----------------------------------------------------------------------------------------------------

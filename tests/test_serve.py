@@ -199,6 +199,55 @@ def test_health_and_info_state_the_replica(service, bundle_dir):
     assert info["versions"]["ray"] and info["versions"]["onnxruntime"] and info["untrained"] is True
 
 
+def _descendants(root: int) -> set:
+    """Process ids under root (Ray's GCS, raylet, workers, proxy and replicas are all started from here)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stream:
+                    parent = int(stream.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _listening_addresses(pids: set) -> set:
+    """Local addresses of the TCP sockets in LISTEN state that these processes hold."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as stream:
+            for line in stream.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    addresses.add(fields[1].split(":")[0])
+    return addresses
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc (Linux)")
+def test_ray_and_the_proxy_listen_on_loopback_only(service):
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    addresses = _listening_addresses(_descendants(os.getpid()) | {os.getpid()})
+    assert addresses, "found no listening socket of the Ray processes"
+    assert addresses <= loopback, f"Ray or Serve listens beyond 127.0.0.1: {addresses - loopback}"
+
+
 def _served_arrays(response, answer_format):
     assert response.status_code == 200, response.text
     if answer_format == "npz":
