@@ -553,8 +553,17 @@ def _first_lines(text: str, count: int = 6) -> str:
 
 
 def serve_forever(settings: ServeSettings):
-    """`bodyrt serve`: start, print where, block until interrupted, then stop."""
+    """`bodyrt serve`: start, print where, block until interrupted (Ctrl-C or SIGTERM), then stop.
+
+    SIGINT and SIGTERM both end in service.stop(), so a stopped `bodyrt serve` leaves no Ray process
+    behind (a background job started by a script ignores SIGINT: stop it with SIGTERM)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
     service = start_service(settings)
+    signal.signal(signal.SIGTERM, interrupt)  # after ray.init, which installs its own
     print(f"bodyrt: serving {settings.bundle} at {service.url} ({settings.replicas} replica(s), "
           f"{settings.cpus_per_replica:g} CPU each; batches of up to {settings.limits.max_batch_size}); "
           "Ctrl-C stops", file=sys.stderr, flush=True)
