@@ -531,7 +531,8 @@ def _connect_ray(settings: ServeSettings) -> bool:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
-    ray.init(num_cpus=max(1, math.ceil(settings.replicas * settings.cpus_per_replica)),
+    # address="local": a new instance, even when RAY_ADDRESS or an earlier `ray start` names another
+    ray.init(address="local", num_cpus=max(1, math.ceil(settings.replicas * settings.cpus_per_replica)),
              include_dashboard=False, configure_logging=False, log_to_driver=False)
     return True
 
