@@ -351,13 +351,15 @@ class BodyrtReplica:
     def info(self) -> dict:
         import ray
 
+        from dataclasses import asdict as as_dict
+
         manifest = self.pipeline.manifest
         context = ray.get_runtime_context()
         return {
             "bundle": self.bundle_path,
-            "architecture": manifest.get("architecture", "expose"),
-            "source": manifest.get("source", {}),
-            "results": list(manifest["results"]),
+            "architecture": manifest.arch,
+            "source": as_dict(manifest.source),
+            "results": list(manifest.results),
             "untrained": self.pipeline.untrained,
             "backend": self.pipeline.backend,
             "precision": self.pipeline.precision,
@@ -481,8 +483,8 @@ def start_service(settings: ServeSettings) -> Service:
     The bundle is checked here first (format, every file's sha256), so a tampered bundle stops the
     service before any replica starts; each replica verifies it again where it runs.
     """
+    from bodyrt.runtime.backends import stage_plan
     from bodyrt.runtime.bundle import read_bundle
-    from bodyrt.runtime.pipeline import stage_plan
 
     settings.check()
     stage_plan(read_bundle(settings.bundle), settings.precision)  # refuses a tampered bundle, a missing int8
