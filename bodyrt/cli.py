@@ -233,6 +233,53 @@ def _build_capi(args):
     print(f"bodyrt: compile a program with: {' '.join(command)}")
 
 
+def _add_serve(commands):
+    parser = commands.add_parser(
+        "serve", help="serve a bundle over HTTP on Ray Serve: replicas, request batching, one machine or a cluster")
+    parser.add_argument("--bundle", required=True, help="exported bundle directory (at the same path on every "
+                        "node of a cluster)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas, each opening the bundle once "
+                        "(default: %(default)s)")
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves for each replica; "
+                        "its inference threads follow it (default: %(default)s)")
+    parser.add_argument("--backend", default="onnxruntime", help="onnxruntime or openvino (default: %(default)s)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                        help="as for bodyrt run (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=4, help="requests grouped on a replica at most; "
+                        "1 turns batching off (default: %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait for a group to fill "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body; larger get 413 "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, checked before decoding "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-persons", type=int, default=16, help="most boxes in one request (default: %(default)s)")
+    parser.add_argument("--request-timeout-s", type=float, default=60.0, help="time limit of one request on a "
+                        "replica; past it 504 (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on "
+                        "(default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--address", help="a running Ray cluster (auto, HEAD:6379 or ray://HEAD:10001); "
+                        "default: start a local single-node Ray")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args):
+    from bodyrt.serve import RequestLimits, ServeSettings, serve_forever
+
+    for name in ("max_upload_mb", "max_megapixels"):
+        value = getattr(args, name)
+        if not value > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    limits = RequestLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                           max_image_pixels=int(args.max_megapixels * 1_000_000), max_persons=args.max_persons,
+                           request_timeout_s=args.request_timeout_s, max_batch_size=args.max_batch_size,
+                           batch_wait_ms=args.batch_wait_ms)
+    serve_forever(ServeSettings(bundle=args.bundle, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
+                                backend=args.backend, precision=args.precision, limits=limits, host=args.host,
+                                port=args.port, address=args.address))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bodyrt", description="Export and run whole-body (body, hands, face) mesh regressors.")
@@ -247,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_convert(commands)
     _add_build_capi(commands)
+    _add_serve(commands)
     return parser
 
 
