@@ -125,8 +125,10 @@ def run_demo(out_dir="bodyrt-demo", threads: int = 2, repeats: int = 5) -> dict:
     image, box = sample_scene(body_model)
     image_path = out_dir / "sample.png"
     save_png(image_path, image)
-    run_images([image_path], out_dir=out_dir, boxes=box.tolist(), bundle=bundle_dir, threads=threads)
-    print(f"bodyrt demo: wrote meshes, parameters, overlay and summary to {out_dir}/")
+    summary = run_images([image_path], out_dir=out_dir / "results", boxes=box.tolist(), bundle=bundle_dir,
+                         threads=threads)
+    print(f"bodyrt demo: wrote meshes, parameters and overlay to {out_dir / 'results' / image_path.name}/, "
+          f"the run's summary to {summary}")
 
     runtime = open_bundle(bundle_dir, threads=threads)
     reference = ReferencePipeline(checkpoint, body_model, threads=threads)
