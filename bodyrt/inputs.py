@@ -156,8 +156,11 @@ def _coco_entries(path: Path, entries: list, min_score: float, names_by_id: dict
         if entry.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
             continue
         score = entry.get("score")
-        if score is not None and not float(score) >= min_score:
-            continue
+        if score is not None:
+            if isinstance(score, bool) or not isinstance(score, (int, float)):
+                raise InputError(f"{where}: 'score' must be a number, got {score!r}")
+            if not score >= min_score:
+                continue
         x, y, width, height = _box_xywh(entry["bbox"], where)
         people.append(_box_xyxy([x, y, x + width, y + height], where))
     return boxes

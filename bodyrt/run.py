@@ -102,12 +102,13 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 def run_images(images, out_dir, boxes=None, bundle=None, checkpoint=None, body_model=None, threads=2,
                backend="onnxruntime", precision="fp32", boxes_file=None, min_score=0.5,
-               coords=DEFAULT_COORDS, overlay=True) -> Path:
+               coords=DEFAULT_COORDS, overlay=True, pipeline=None) -> Path:
     """Run every image (files, folders, glob patterns); write results and a summary under out_dir.
 
     boxes: --box values for every image; boxes_file: per-image boxes (bodyrt.inputs); neither: the
     whole image. An image that cannot be read or run is reported and skipped; the summary records it,
     and InputError is raised at the end (after the others ran) so the CLI exits non-zero.
+    pipeline: an already opened pipeline (bundle, checkpoint, backend and precision are then ignored).
     Returns the summary's path.
     """
     run_start = time.perf_counter()
@@ -126,7 +127,10 @@ def run_images(images, out_dir, boxes=None, bundle=None, checkpoint=None, body_m
         if unmatched:
             log.info("%d entries of %s name no image of this run", len(unmatched), boxes_file)
     prepare_out_dir(out_dir)
-    pipeline, open_timings = _open_pipeline(bundle, checkpoint, body_model, threads, backend, precision)
+    if pipeline is None:
+        pipeline, open_timings = _open_pipeline(bundle, checkpoint, body_model, threads, backend, precision)
+    else:
+        open_timings = {}
     if getattr(pipeline, "untrained", False):
         print("bodyrt: note: these weights are UNTRAINED (synthetic); meshes are not meaningful.",
               file=sys.stderr)
@@ -305,10 +309,11 @@ def _write_image_results(folder: Path, pixels, boxes, result, pipeline, settings
 def _summary(run_id, out_dir, entries, pipeline, open_timings, run_start, source: dict, options: dict) -> dict:
     from bodyrt.roofline import cpu_description
 
-    stage_totals = {}
+    stage_totals = {}  # every image's steps added up: load, the pipeline's stages, write
     for entry in entries:
         for name, value in entry.get("timings_ms", {}).items():
-            stage_totals[name] = round(stage_totals.get(name, 0.0) + value, 3)
+            if name != "total":
+                stage_totals[name] = round(stage_totals.get(name, 0.0) + value, 3)
     manifest = getattr(pipeline, "manifest", None) or {}
     bundle = None
     if source["bundle"]:
@@ -327,7 +332,9 @@ def _summary(run_id, out_dir, entries, pipeline, open_timings, run_start, source
         "cpu": cpu_description(),
         "counts": {"images": len(entries), "ok": len(ok), "failed": len(entries) - len(ok),
                    "people": sum(len(entry["people"]) for entry in ok)},
-        "timings_ms": {**open_timings, "images": stage_totals, "total": _ms_since(run_start)},
+        "timings_ms": {**open_timings, "stages": stage_totals,
+                       "images": round(sum(entry.get("timings_ms", {}).get("total", 0.0) for entry in entries), 3),
+                       "total": _ms_since(run_start)},
         "images": entries,
     }
 
