@@ -20,6 +20,7 @@ import torch
 
 import bodyrt
 from bodyrt.errors import ExportError
+from bodyrt.files import apply_umask
 from bodyrt.export import layout
 from bodyrt.progress import progress
 from bodyrt.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
@@ -239,6 +240,7 @@ def build_bundle(out_dir, specs: list[dict], samples: dict, threads: int, make_m
         manifest = make_manifest(stage_files, graph_specs)
         manifest["files"] = {file: sha256_of(staging / file) for file in stage_files.values()}
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest))
+        apply_umask(staging)  # mkdtemp made it 0700: a bundle is shared like any folder (0755 under umask 022)
         swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

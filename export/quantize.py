@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BodyrtError, InputError
+from bodyrt.files import apply_umask
 from bodyrt.progress import progress
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
 
@@ -105,6 +106,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict]) -> None:
                             op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
+            apply_umask(partial)
             os.replace(partial, target)
     finally:
         logging.getLogger().removeFilter(advice)
@@ -129,6 +131,7 @@ def write_manifest(bundle_path: Path, manifest: dict) -> None:
     """Replace manifest.json atomically."""
     with tempfile.NamedTemporaryFile("w", dir=bundle_path, suffix=".partial", delete=False) as stream:
         stream.write(json.dumps(manifest))
+    apply_umask(stream.name)  # NamedTemporaryFile makes 0600 files; the manifest must stay readable by all
     os.replace(stream.name, bundle_path / MANIFEST_NAME)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BodyrtError, ExportError, InputError
+from bodyrt.files import apply_umask
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
 
 log = logging.getLogger("bodyrt")
@@ -242,6 +243,7 @@ def _save_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(data)
+        apply_umask(temporary)  # mkstemp makes 0600 files
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -385,6 +387,7 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
     try:
         new_files = add_gpu_artefacts(bundle.path, staging, manifest, engine, precision, max_people, platform)
         for file in new_files:
+            apply_umask(staging / file)
             os.replace(staging / file, bundle.path / file)
         _save_atomically(bundle.path / MANIFEST_NAME, json.dumps(manifest).encode())
         for file in old_files - set(new_files):
