@@ -62,21 +62,66 @@ def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime
             if precision != "fp32":
                 raise InputError(f"--precision {precision} is for the CPU backends; a GPU backend runs the "
                                  "precision its engines were exported with (bodyrt export --precision fp16)")
+            check_gpu_driver(backend)
             pipeline = open_device_pipeline(bundle, backend=backend)
             return pipeline, {"open": _ms_since(start)}
-        from bodyrt.runtime.bundle import read_bundle
-        from bodyrt.runtime.pipeline import Pipeline
-
-        verified = read_bundle(bundle)
-        verify_ms = _ms_since(start)
-        sessions_start = time.perf_counter()
-        pipeline = Pipeline(verified, backend=backend, threads=threads, precision=precision)
-        return pipeline, {"open": _ms_since(start), "open_verify": verify_ms,
-                          "open_sessions": _ms_since(sessions_start)}
+        return open_bundle_overlapped(bundle, backend=backend, threads=threads, precision=precision)
     from bodyrt.export.reference import ReferencePipeline
 
     pipeline = ReferencePipeline(checkpoint, body_model, threads=threads)
     return pipeline, {"open": _ms_since(start)}
+
+
+def check_gpu_driver(backend: str) -> None:
+    """A GPU backend on a machine without a usable NVIDIA driver: say so first, not which Python
+    packages are missing (installing them would not help)."""
+    from bodyrt.errors import BackendUnavailableError
+    from bodyrt.kernels import gpu_available_reason
+
+    reason = gpu_available_reason()
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"--backend {backend} needs an NVIDIA GPU with its driver: {reason} (no NVIDIA driver found); "
+            "on this machine use --backend onnxruntime or --backend openvino")
+
+
+def open_bundle_overlapped(path, backend="onnxruntime", threads=2, precision="fp32"):
+    """Open a bundle on a CPU backend, hashing its files while the inference sessions are created.
+
+    Nothing runs before every file's sha256 matched the manifest: a mismatch closes the sessions and
+    raises the BundleError of bodyrt.runtime.bundle.read_bundle. Returns (pipeline, {"open": wall ms,
+    "open_verify": hashing ms, "open_sessions": session creation ms}); hashing runs in a thread
+    (hashlib releases the GIL), so on a machine with a spare core "open" is close to the larger of the
+    two rather than their sum.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bodyrt.runtime.bundle import read_bundle
+    from bodyrt.runtime.pipeline import Pipeline
+
+    start = time.perf_counter()
+    unverified = read_bundle(path, verify_hashes=False)  # format and version checks, the file list
+
+    def verify():
+        verify_start = time.perf_counter()
+        read_bundle(path)
+        return _ms_since(verify_start)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.submit(verify)
+        sessions_start = time.perf_counter()
+        try:
+            pipeline = Pipeline(unverified, backend=backend, threads=threads, precision=precision)
+        except BaseException:
+            hashing.result()  # a tampered file explains a session that failed to load: report that first
+            raise
+        sessions_ms = _ms_since(sessions_start)
+        try:
+            verify_ms = hashing.result()
+        except BaseException:
+            pipeline.close()
+            raise
+    return pipeline, {"open": _ms_since(start), "open_verify": verify_ms, "open_sessions": sessions_ms}
 
 
 def _ms_since(start: float) -> float:
@@ -126,11 +171,13 @@ def run_images(images, out_dir, boxes=None, bundle=None, checkpoint=None, body_m
         unmatched = match_boxes(inputs, read_boxes_file(boxes_file, min_score=min_score), boxes_file)
         if unmatched:
             log.info("%d entries of %s name no image of this run", len(unmatched), boxes_file)
-    prepare_out_dir(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a folder")
     if pipeline is None:
         pipeline, open_timings = _open_pipeline(bundle, checkpoint, body_model, threads, backend, precision)
     else:
         open_timings = {}
+    prepare_out_dir(out_dir)  # after opening: a run that cannot start leaves no empty folder behind
     if getattr(pipeline, "untrained", False):
         print("bodyrt: note: these weights are UNTRAINED (synthetic); meshes are not meaningful.",
               file=sys.stderr)

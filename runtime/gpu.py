@@ -34,7 +34,7 @@ from bodyrt.runtime.crops import check_person_boxes
 from bodyrt.runtime.pipeline import Result, pinhole_camera
 
 GPU_BACKENDS = ("tensorrt", "cuda")
-GPU_EXTRA_HINT = 'pip install "bodyrt[gpu]"'
+GPU_EXTRA_HINT = 'pip install ".[gpu]" (from a bodyrt checkout)'
 DEFAULT_MAX_PEOPLE = 8
 
 

@@ -327,3 +327,42 @@ def test_cli_box_and_boxes_together_is_refused(tmp_path, capsys):
                  "--boxes", str(tmp_path / "b.json"), "--out", str(tmp_path / "out")])
     assert code == 1 and "give --box or --boxes, not both" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# -- overlay ----------------------------------------------------------------------------------------------
+def test_overlay_draws_boxes_and_joints_over_the_mesh():
+    from bodyrt.overlay import JOINT_COLOUR, PART_BOX_COLOURS, PERSON_BOX_COLOUR, render_overlay
+
+    image = np.zeros((200, 300, 3), np.uint8)
+    box = np.array([[100.0, 20.0, 200.0, 180.0]], np.float32)
+    result = StandInPipeline()(image, box)
+    outputs = dict(result.outputs, camera_translation=np.zeros((1, 2), np.float32))
+    outputs["part_boxes"] = np.array([[[120, 60, 20], [180, 60, 20], [150, 40, 30]]], np.float32)
+    joints_2d = np.array([[[150.0, 100.0], [140.0, 150.0]]])
+    plain = render_overlay(image, outputs, CUBE_FACES, opacity=1.0)
+    drawn = render_overlay(image, outputs, CUBE_FACES, opacity=1.0, person_boxes=box, joints_2d=joints_2d)
+    assert plain[100, 150].tolist() != [0, 0, 0]  # the mesh covers the joint's pixel
+    assert drawn[100, 150].tolist() == list(JOINT_COLOUR) and drawn[150, 140].tolist() == list(JOINT_COLOUR)
+    assert drawn[20, 160].tolist() == list(PERSON_BOX_COLOUR) and drawn[120, 100].tolist() == list(PERSON_BOX_COLOUR)
+    for (cx, cy, size), colour in zip(outputs["part_boxes"][0], PART_BOX_COLOURS):
+        assert drawn[int(cy - size / 2), int(cx)].tolist() == list(colour)  # top edge of each part box
+
+
+# -- opening a bundle: hashing overlapped with session creation, still verified ----------------------------
+def test_opening_reports_hashing_and_sessions_and_still_refuses_a_modified_file(bundle_dir, tmp_path):
+    from bodyrt.errors import BundleError
+    from bodyrt.run import open_bundle_overlapped
+
+    pipeline, timings = open_bundle_overlapped(bundle_dir, threads=1)
+    pipeline.close()
+    assert set(timings) == {"open", "open_verify", "open_sessions"} and min(timings.values()) > 0
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    for name in manifest["files"]:
+        (copy / name).symlink_to(bundle_dir / name)
+    face_file = next(name for name in manifest["files"] if name.startswith("face"))
+    manifest["files"][face_file] = "0" * 64  # as if the graph had been modified after export
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"{face_file}: sha256 does not match"):
+        open_bundle_overlapped(copy, threads=1)
