@@ -54,6 +54,13 @@ def person_boxes_for(image: np.ndarray, boxes) -> np.ndarray:
 def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime", precision="fp32"):
     """-> (pipeline, {timing name: ms}). A bundle on a CPU backend reports verifying (hashing every
     file) and creating the inference sessions separately."""
+    from bodyrt.progress import waiting
+
+    with waiting(f"bodyrt: opening {bundle or checkpoint}"):
+        return _open_pipeline_quietly(bundle, checkpoint, body_model, threads, backend, precision)
+
+
+def _open_pipeline_quietly(bundle, checkpoint, body_model, threads, backend, precision):
     start = time.perf_counter()
     if bundle:
         from bodyrt.runtime.gpu import GPU_BACKENDS, open_device_pipeline

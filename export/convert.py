@@ -33,7 +33,7 @@ import torch
 from bodyrt.errors import BodyModelError, InputError
 from bodyrt.export.body_model import SMPL, SMPLX, BodyModel, load_body_model
 from bodyrt.export.rotations import axis_angle_to_matrix
-from bodyrt.progress import progress
+from bodyrt.progress import progress, waiting
 
 log = logging.getLogger("bodyrt")
 
@@ -412,8 +412,15 @@ def fit_batch(body_model: BodyModel, targets: np.ndarray, valid: np.ndarray, edg
         step = float(np.linalg.norm(objective.value_and_gradient(start)[1]))
         options = {"maxiter": limit, "gtol": settings.gradient_tolerance,
                    "initial_trust_radius": max(1.0, step), "max_trust_radius": max(1000.0, 10.0 * step)}
-        result = minimize(objective.value_and_gradient, start, jac=True, hessp=objective.hessian_product,
-                          method=settings.method, options=options)
+        with waiting(f"convert: fitting {batch} bod{'y' if batch == 1 else 'ies'}, stage {index + 1}/{len(STAGES)} "
+                     f"({name}, {kind} loss)") as spinner:
+            def value_and_gradient(x, objective=objective, spinner=spinner):
+                value, gradient = objective.value_and_gradient(x)
+                spinner.note(f"loss {float(value):.4g}")
+                return value, gradient
+
+            result = minimize(value_and_gradient, start, jac=True, hessp=objective.hessian_product,
+                              method=settings.method, options=options)
         variables = objective.unpack(torch.from_numpy(result.x))
         with torch.no_grad():
             stage_losses[:, index] = problem.losses(variables, kind).numpy()
