@@ -192,7 +192,9 @@ def _add_convert(commands):
     smpl.add_argument("input", metavar="INPUT", help=".npz with SMPL 'vertices' (N, 6890, 3), or SMPL parameters "
                       "('betas', 'global_orient', 'body_pose' axis-angle, optional 'transl')")
     smpl.add_argument("--correspondence", required=True,
-                      help=".npz SMPL -> SMPL-X correspondence (triangle, triangle_vertices, barycentric, valid)")
+                      help="SMPL -> SMPL-X correspondence: the SMPL-X transfer_model tool's "
+                           "smpl2smplx_deftrafo_setup.pkl, or bodyrt's .npz (triangle, triangle_vertices, "
+                           "barycentric, valid)")
     smpl.add_argument("--smplx-model", required=True, help="SMPL-X model file to fit")
     smpl.add_argument("--smpl-model", help="SMPL model file; needed when INPUT holds parameters")
     smpl.add_argument("--out", required=True, help=".npz to write, one row per input body")

@@ -24,6 +24,7 @@ Correspondence file (.npz), one row per SMPL-X vertex:
 """
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,11 @@ class FitSettings:
 # ---------------------------------------------------------------------------------- correspondence
 
 def load_correspondence(path) -> Correspondence:
-    """Read and check a correspondence .npz; BodyModelError names the file and key at fault."""
+    """Read and check a correspondence: bodyrt's .npz, or the SMPL-X authors' deformation-transfer
+    setup .pkl (see load_deformation_transfer); BodyModelError names the file and key at fault."""
     path = Path(path)
+    if path.suffix.lower() == ".pkl":
+        return load_deformation_transfer(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             entries = {key: archive[key] for key in CORRESPONDENCE_KEYS if key in archive.files}
@@ -119,6 +123,83 @@ def load_correspondence(path) -> Correspondence:
     if not valid.any():
         raise BodyModelError(f"{path}: key 'valid' marks no vertex as valid")
     return Correspondence(triangle, corners, barycentric, valid)
+
+
+def _sparse_triplets(matrix, path: Path):
+    """A pickled scipy csc / csr / coo matrix (a SparseStandIn) -> (shape, rows, cols, values)."""
+    from bodyrt.export.body_model import _state_dict
+
+    state = _state_dict(matrix.state)
+    try:
+        shape = tuple(int(size) for size in state.get("_shape", state.get("shape")))
+        values = np.asarray(state["data"], dtype=np.float64)
+        layout = type(matrix).__name__.split("_")[0]
+        if layout == "coo":
+            rows, cols = np.asarray(state["row"], dtype=np.int64), np.asarray(state["col"], dtype=np.int64)
+        else:
+            pointers = np.asarray(state["indptr"], dtype=np.int64)
+            outer = np.repeat(np.arange(len(pointers) - 1), np.diff(pointers))
+            inner = np.asarray(state["indices"], dtype=np.int64)
+            rows, cols = (inner, outer) if layout == "csc" else (outer, inner)
+    except (KeyError, TypeError, ValueError) as error:
+        raise BodyModelError(f"{path}: key 'mtx' is not a readable sparse matrix ({error})") from None
+    return shape, rows, cols, values
+
+
+def load_deformation_transfer(path) -> Correspondence:
+    """The SMPL-X transfer_model tool's setup file (`smpl2smplx_deftrafo_setup.pkl`) as a correspondence.
+
+    The file pickles a dict whose `mtx` is a sparse (V_x, 2 x 6890) matrix: each SMPL-X vertex as a
+    weighted sum of SMPL vertices (first 6890 columns) and of SMPL vertex normals (last 6890, which
+    bodyrt, like the tool's default, leaves out); or whose `matrix` is the dense (V_x, 6890) position
+    part. Read with bodyrt's safe unpickler (no code from the file runs, scipy is not needed). Rows
+    without weight are marked invalid; each row's weights must sum to 1.
+    """
+    from bodyrt.export.body_model import BodyModelUnpickler, SparseStandIn
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            setup = BodyModelUnpickler(stream, encoding="latin1").load()
+    except FileNotFoundError:
+        raise BodyModelError(f"{path}: no such correspondence file") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise BodyModelError(f"{path}: not a readable deformation-transfer setup pickle ({error})") from None
+    if not isinstance(setup, dict) or not ({"mtx", "matrix"} & set(setup)):
+        raise BodyModelError(f"{path}: a deformation-transfer setup file holds 'mtx' (sparse) or 'matrix' (dense); "
+                             "found neither")
+    smpl_count, smplx_count = SMPL.num_vertices, SMPLX.num_vertices
+    if "mtx" in setup and isinstance(setup["mtx"], SparseStandIn):
+        shape, rows, cols, values = _sparse_triplets(setup["mtx"], path)
+    else:
+        dense = np.asarray(setup.get("mtx", setup.get("matrix")))
+        if dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number):
+            raise BodyModelError(f"{path}: the deformation-transfer matrix is not a 2-D array of numbers")
+        shape = dense.shape
+        rows, cols = np.nonzero(dense)
+        values = dense[rows, cols].astype(np.float64)
+    if shape[0] != smplx_count or shape[1] not in (smpl_count, 2 * smpl_count):
+        raise BodyModelError(f"{path}: deformation-transfer matrix of shape {shape}; expected ({smplx_count}, "
+                             f"{smpl_count}) or ({smplx_count}, {2 * smpl_count}) for SMPL -> SMPL-X")
+    positions = (cols < smpl_count) & (values != 0)
+    rows, cols, values = rows[positions], cols[positions], values[positions]
+    order = np.lexsort((cols, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    counts = np.bincount(rows, minlength=smplx_count)
+    width = max(int(counts.max(initial=0)), 1)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    corners = np.zeros((smplx_count, width), dtype=np.int64)
+    weights = np.zeros((smplx_count, width), dtype=np.float64)
+    corners[rows, slot], weights[rows, slot] = cols, values
+    valid = counts > 0
+    if not valid.any():
+        raise BodyModelError(f"{path}: the deformation-transfer matrix has no weight on SMPL vertex positions")
+    sums = weights.sum(axis=1)[valid]
+    worst = float(np.abs(sums - 1.0).max())
+    if not np.isfinite(weights).all() or worst > BARYCENTRIC_SUM_TOLERANCE:
+        raise BodyModelError(f"{path}: deformation-transfer rows must be finite and sum to 1 (worst off by {worst:.3g})")
+    return Correspondence(triangle=np.full(smplx_count, -1, dtype=np.int64), triangle_vertices=corners,
+                          barycentric=weights, valid=valid)
 
 
 def write_correspondence(path, correspondence: Correspondence) -> Path:
