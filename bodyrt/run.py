@@ -235,6 +235,9 @@ def _run_image(pipeline, image, out_dir: Path, settings: dict) -> dict:
     result = pipeline(pixels, boxes) if len(boxes) else None
     write_start = time.perf_counter()
     final = out_dir / image.output_folder
+    if os.path.lexists(final) and final.resolve() == Path(image.path).resolve():
+        raise InputError(f"{image.path}: its results folder would be the image itself ({final}); "
+                         "choose an --out outside the images' folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     _check_replaceable(final)
     staging = shared_temporary_folder(final.parent, f".{final.name}.partial-")

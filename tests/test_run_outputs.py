@@ -366,3 +366,33 @@ def test_opening_reports_hashing_and_sessions_and_still_refuses_a_modified_file(
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=f"{face_file}: sha256 does not match"):
         open_bundle_overlapped(copy, threads=1)
+
+
+def test_two_runs_at_once_into_one_folder_never_mix_files_within_an_image(tmp_path):
+    """Each image folder ends up wholly from one run: its files are the ones that run's summary lists."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [str(save(tmp_path / f"in/{name}.png", value)) for name, value in [("a", 10), ("b", 20), ("c", 30)]]
+    out = tmp_path / "out"
+    box_sets = [[[0, 0, 30, 30]], [[0, 0, 30, 30], [5, 5, 50, 35]]]  # one person, then two
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda boxes: run_images(images, out, boxes=boxes, pipeline=StandInPipeline()),
+                              box_sets * 3))
+    assert len(set(paths)) == 6  # six runs, six summaries
+    by_run = {summary["run_id"]: summary for summary in summaries(out)}
+    for name in ["a.png", "b.png", "c.png"]:
+        run_id = json.loads((out / name / "result.json").read_text())["run_id"]
+        entry = next(entry for entry in by_run[run_id]["images"] if entry["output_folder"] == name)
+        on_disk = {f"{name}/{file}" for file in os.listdir(out / name)}
+        assert on_disk == set(entry["files"])
+        for file, digest in entry["files"].items():
+            assert hashlib.sha256((out / file).read_bytes()).hexdigest() == digest
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+
+
+def test_an_out_folder_where_the_results_would_replace_the_image_is_refused(tmp_path, monkeypatch):
+    image = save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="its results folder would be the image itself"):
+        run_images(["photo.png"], ".", pipeline=StandInPipeline())
+    assert image.is_file() and Image.open(image).size == (60, 40)
