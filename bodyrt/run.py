@@ -210,9 +210,12 @@ def run_images(images, out_dir, boxes=None, bundle=None, checkpoint=None, body_m
                                 "overlay": overlay, "boxes_file": str(boxes_file) if boxes_file else None,
                                 "min_score": min_score if boxes_file else None,
                                 "boxes_file_unmatched_keys": len(unmatched)})
-    summary_path = write_new_file(out_dir, [f"summary-{run_id}.json"] + [f"summary-{run_id}-{n}.json"
-                                                                         for n in range(1, 100)],
-                                  (json.dumps(summary, indent=2) + "\n").encode())
+    names = [f"summary-{run_id}.json"] + [f"summary-{run_id}-{n}.json" for n in range(1, 100)]
+    try:
+        summary_path = write_new_file(out_dir, names, (json.dumps(summary, indent=2) + "\n").encode())
+    except OSError as error:
+        raise InputError(f"--out {out_dir}: writing the run's summary failed ({error.strerror or error}); "
+                         f"{len(inputs) - len(failures)} image folders were written") from None
     print(f"bodyrt: wrote {summary_path} ({len(inputs) - len(failures)} of {len(inputs)} images)", file=sys.stderr)
     if failures:
         raise InputError(f"{len(failures)} of {len(inputs)} images failed (first: {failures[0]}); "

@@ -396,3 +396,27 @@ def test_an_out_folder_where_the_results_would_replace_the_image_is_refused(tmp_
     with pytest.raises(InputError, match="its results folder would be the image itself"):
         run_images(["photo.png"], ".", pipeline=StandInPipeline())
     assert image.is_file() and Image.open(image).size == (60, 40)
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_an_out_that_cannot_be_a_folder_is_one_error_before_anything_runs(tmp_path, where):
+    save(tmp_path / "a.png")
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / "taken" if where == "a file" else tmp_path / "taken" / "results"
+    pipeline = StandInPipeline()
+    with pytest.raises(InputError, match="--out .*taken"):
+        run_images([str(tmp_path / "a.png")], out, pipeline=pipeline)
+    assert pipeline.calls == 0 and (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_summary_that_cannot_be_written_is_one_error(tmp_path, monkeypatch):
+    import bodyrt.run
+
+    save(tmp_path / "a.png")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bodyrt.run, "write_new_file", full_disk)
+    with pytest.raises(InputError, match="writing the run's summary failed \\(No space left on device\\)"):
+        run_images([str(tmp_path / "a.png")], tmp_path / "out", pipeline=StandInPipeline())
