@@ -63,15 +63,17 @@ def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime
 def _open_pipeline_quietly(bundle, checkpoint, body_model, threads, backend, precision):
     start = time.perf_counter()
     if bundle:
-        from bodyrt.runtime.gpu import GPU_BACKENDS, open_device_pipeline
+        from bodyrt.runtime import open_bundle
+        from bodyrt.runtime.backends import GPU_BACKENDS
 
-        if backend in GPU_BACKENDS:  # engines linked by the crop kernel on one stream; precision is the bundle's
-            if precision != "fp32":
-                raise InputError(f"--precision {precision} is for the CPU backends; a GPU backend runs the "
-                                 "precision its engines were exported with (bodyrt export --precision fp16)")
+        if backend in GPU_BACKENDS:  # one Pipeline on the device executor (crop kernel, engines, one stream)
+            from bodyrt.runtime.backends import BACKENDS
+
+            refusal = BACKENDS[backend].precisions.get(precision)
+            if refusal:  # a wrong option first, then the machine
+                raise InputError(f"--precision {precision} is for the CPU backends; {refusal}")
             check_gpu_driver(backend)
-            pipeline = open_device_pipeline(bundle, backend=backend)
-            return pipeline, {"open": _ms_since(start)}
+            return open_bundle(bundle, backend=backend, threads=threads, precision=precision), {"open": _ms_since(start)}
         return open_bundle_overlapped(bundle, backend=backend, threads=threads, precision=precision)
     from bodyrt.export.reference import ReferencePipeline
 
@@ -103,6 +105,7 @@ def open_bundle_overlapped(path, backend="onnxruntime", threads=2, precision="fp
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from bodyrt.runtime.backends import open_executor
     from bodyrt.runtime.bundle import read_bundle
     from bodyrt.runtime.pipeline import Pipeline
 
@@ -118,7 +121,7 @@ def open_bundle_overlapped(path, backend="onnxruntime", threads=2, precision="fp
         hashing = pool.submit(verify)
         sessions_start = time.perf_counter()
         try:
-            pipeline = Pipeline(unverified, backend=backend, threads=threads, precision=precision)
+            pipeline = Pipeline(unverified, open_executor(unverified, backend, threads=threads, precision=precision))
         except BaseException:
             hashing.result()  # a tampered file explains a session that failed to load: report that first
             raise
@@ -378,7 +381,7 @@ def _summary(run_id, out_dir, entries, pipeline, open_timings, run_start, source
     bundle = None
     if source["bundle"]:
         manifest_path = Path(source["bundle"]) / "manifest.json"
-        bundle = {"path": str(Path(source["bundle"]).resolve()), "arch": manifest.get("arch"),
+        bundle = {"path": str(Path(source["bundle"]).resolve()), "arch": getattr(manifest, "arch", None),
                   "manifest_sha256": _sha256(manifest_path) if manifest_path.is_file() else None}
     ok = [entry for entry in entries if entry["status"] == "ok"]
     return {
@@ -404,10 +407,11 @@ def _promised_results(pipeline) -> tuple:
     from bodyrt.runtime.outputs import PARAM_KEYS
 
     manifest = getattr(pipeline, "manifest", None)
-    return tuple(manifest["results"]) if manifest else PARAM_KEYS
+    return tuple(manifest.results) if manifest else PARAM_KEYS
 
 
 def _body_crop_size(pipeline) -> int:
-    """Side of the body crop the weak-perspective camera refers to, from the bundle's body_crop step."""
-    steps = (getattr(pipeline, "manifest", None) or {}).get("steps", [])
-    return next((step["crop_size"] for step in steps if step["op"] == "body_crop"), 256)
+    """Side of the body crop the weak-perspective camera refers to, from the bundle's body_crop step
+    (the reference pipeline: its own)."""
+    manifest = getattr(pipeline, "manifest", None)
+    return manifest.body_crop.crop_size if manifest else pipeline.crop_size

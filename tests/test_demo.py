@@ -1,26 +1,23 @@
 """The demo reuses a cached bundle only when this bodyrt version exported it from this checkpoint."""
 
-import hashlib
-import json
+from types import SimpleNamespace
 
 
-def write_bundle(folder, checkpoint_sha256: str, version: str):
-    folder.mkdir()
-    (folder / "body.onnx").write_bytes(b"graph")
-    manifest = {"format": "bodyrt-bundle", "format_version": 1,
-                "files": {"body.onnx": hashlib.sha256(b"graph").hexdigest()},
-                "source": {"checkpoint_sha256": checkpoint_sha256}, "tools": {"bodyrt": version}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
+def fake_bundle(checkpoint_sha256: str, version: str):
+    source = SimpleNamespace(checkpoint_sha256=checkpoint_sha256)
+    return SimpleNamespace(manifest=SimpleNamespace(source=source, tools={"bodyrt": version}))
 
 
-def test_a_bundle_of_another_bodyrt_version_is_not_reused(tmp_path):
+def test_a_bundle_of_another_bodyrt_version_is_not_reused(tmp_path, monkeypatch):
     import bodyrt
+    import bodyrt.runtime.bundle
     from bodyrt.export.demo import _bundle_matches
 
-    assert _bundle_matches(write_bundle(tmp_path / "current", "abc", bodyrt.__version__), "abc")
-    assert not _bundle_matches(write_bundle(tmp_path / "old", "abc", "0.0.1"), "abc")
-    assert not _bundle_matches(write_bundle(tmp_path / "other", "def", bodyrt.__version__), "abc")
+    for (sha, version), expected in [(("abc", bodyrt.__version__), True), (("abc", "0.0.1"), False),
+                                     (("def", bodyrt.__version__), False)]:
+        monkeypatch.setattr(bodyrt.runtime.bundle, "read_bundle", lambda path, sha=sha, version=version:
+                            fake_bundle(sha, version))
+        assert _bundle_matches(tmp_path, "abc") is expected
 
 
 def test_the_demo_speed_up_comes_with_a_word_about_noise(capsys):

@@ -111,7 +111,7 @@ def test_smplx_parameters_of_identity_rotations_are_zero_and_complete():
 @pytest.fixture(scope="module")
 def two_people_run(bundle_dir, demo_files, tmp_path_factory):
     """The demo bundle on a synthetic photo with two boxes; default options (y-up meshes)."""
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.images import save_png
 
     folder = tmp_path_factory.mktemp("two-people")

@@ -35,6 +35,7 @@ class StandInPipeline:
     colour, so every image's results differ. fail_on: image means that raise InputError."""
 
     manifest = None
+    crop_size = 256
     faces = CUBE_FACES
     stage_precisions = {"body": "fp32"}
 
@@ -339,8 +340,8 @@ def test_overlay_draws_boxes_and_joints_over_the_mesh():
     outputs = dict(result.outputs, camera_translation=np.zeros((1, 2), np.float32))
     outputs["part_boxes"] = np.array([[[120, 60, 20], [180, 60, 20], [150, 40, 30]]], np.float32)
     joints_2d = np.array([[[150.0, 100.0], [140.0, 150.0]]])
-    plain = render_overlay(image, outputs, CUBE_FACES, opacity=1.0)
-    drawn = render_overlay(image, outputs, CUBE_FACES, opacity=1.0, person_boxes=box, joints_2d=joints_2d)
+    plain = render_overlay(image, outputs, CUBE_FACES, 256, opacity=1.0)
+    drawn = render_overlay(image, outputs, CUBE_FACES, 256, opacity=1.0, person_boxes=box, joints_2d=joints_2d)
     assert plain[100, 150].tolist() != [0, 0, 0]  # the mesh covers the joint's pixel
     assert drawn[100, 150].tolist() == list(JOINT_COLOUR) and drawn[150, 140].tolist() == list(JOINT_COLOUR)
     assert drawn[20, 160].tolist() == list(PERSON_BOX_COLOUR) and drawn[120, 100].tolist() == list(PERSON_BOX_COLOUR)
