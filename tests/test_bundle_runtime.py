@@ -176,7 +176,7 @@ def test_cli_run_bundle_writes_every_output(bundle_dir, demo_files, tmp_path, ca
     summary = json.loads(next(out.glob("summary-*.json")).read_text())
     assert [entry["image"].rsplit("/", 1)[-1] for entry in summary["images"]] == ["a.png", "broken.jpg", "b.png"]
     assert [entry["status"] for entry in summary["images"]] == ["ok", "failed", "ok"]
-    assert set(summary["images"][0]["timings_ms"]) >= {"body", "hand", "face", "merge", "part_crops"}
+    assert set(summary["images"][0]["timings_ms"]) >= {"body", "hand", "face", "merge", "hand_crops", "face_crops", "pinhole"}
     assert summary["backend"] == "onnxruntime" and summary["stage_precisions"]["body"] == "fp32"
     assert {"open_verify", "open_sessions"} <= set(summary["timings_ms"])
     overlay = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "a.png" / "overlay.png"))
