@@ -75,7 +75,9 @@ def _export(args):
 def _add_run(commands):
     parser = commands.add_parser(
         "run", help="run images through an exported bundle, or through the PyTorch reference pipeline")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="JPEG or PNG files, folders (their JPEG and PNG files, recursively) or quoted glob "
+                             "patterns ('photos/**/*.jpg')")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", help="exported bundle directory (torch-free runtime)")
     source.add_argument("--checkpoint", help="ExPose or bodyrt checkpoint (PyTorch reference pipeline)")
@@ -83,7 +85,18 @@ def _add_run(commands):
     parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                         help="person box in pixels; repeat for several people (applies to every image); "
                              "default: the whole image")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--boxes", metavar="JSON", help="per-image person boxes: {image: [[x0, y0, x1, y1], ...]} "
+                        "or COCO detections (bbox x, y, width, height; category 1)")
+    parser.add_argument("--min-score", type=float, default=0.5,
+                        help="drop COCO detections scoring below this (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="output directory (one folder per image, mirroring the "
+                        "inputs' folders, and one summary-<run id>.json per run)")
+    parser.add_argument("--coords", choices=["yup", "camera"], default="yup",
+                        help="axes of the PLY and OBJ meshes, placed in the scene: yup (x right, y up, the camera "
+                             "looking down -z: Blender, MeshLab, three.js) or camera (x right, y down, z forward: "
+                             "OpenCV, params.npz) (default: %(default)s)")
+    parser.add_argument("--overlay", choices=["on", "off"], default="on",
+                        help="write overlay.png per image (default: %(default)s)")
     _add_threads(parser)
     parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime, "
                         "openvino, or on a GPU tensorrt or cuda (default: %(default)s)")
@@ -103,7 +116,8 @@ def _run_images(args):
         raise InputError("--backend and --precision apply to --bundle; the --checkpoint reference runs PyTorch fp32")
     run_images(args.images, out_dir=args.out, boxes=args.box, bundle=args.bundle,
                checkpoint=args.checkpoint, body_model=args.body_model, threads=args.threads,
-               backend=args.backend, precision=args.precision)
+               backend=args.backend, precision=args.precision, boxes_file=args.boxes, min_score=args.min_score,
+               coords=args.coords, overlay=args.overlay == "on")
 
 
 def _add_bench(commands):
@@ -197,7 +211,9 @@ def _add_convert(commands):
     smpl.add_argument("input", metavar="INPUT", help=".npz with SMPL 'vertices' (N, 6890, 3), or SMPL parameters "
                       "('betas', 'global_orient', 'body_pose' axis-angle, optional 'transl')")
     smpl.add_argument("--correspondence", required=True,
-                      help=".npz SMPL -> SMPL-X correspondence (triangle, triangle_vertices, barycentric, valid)")
+                      help="SMPL -> SMPL-X correspondence: the SMPL-X transfer_model tool's "
+                           "smpl2smplx_deftrafo_setup.pkl, or bodyrt's .npz (triangle, triangle_vertices, "
+                           "barycentric, valid)")
     smpl.add_argument("--smplx-model", required=True, help="SMPL-X model file to fit")
     smpl.add_argument("--smpl-model", help="SMPL model file; needed when INPUT holds parameters")
     smpl.add_argument("--out", required=True, help=".npz to write, one row per input body")
