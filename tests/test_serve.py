@@ -24,7 +24,7 @@ from bodyrt.images import decode_image, load_image
 from bodyrt.serve import RequestLimits, ServeSettings, parse_boxes
 
 LIMITS = RequestLimits(max_upload_bytes=2 * 1024 * 1024, max_image_pixels=4_000_000, max_persons=4,
-                       request_timeout_s=30.0, max_batch_size=4, batch_wait_ms=20.0)
+                       request_timeout_s=110.0, max_batch_size=4, batch_wait_ms=20.0)
 
 
 def _png(rgb) -> bytes:
