@@ -26,8 +26,9 @@ class OnnxRuntimeRunner:
         self.session = None
 
     def activate(self):
-        import onnxruntime as ort
+        from bodyrt.runtime.packages import import_onnxruntime
 
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

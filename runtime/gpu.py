@@ -31,10 +31,10 @@ import numpy as np
 from bodyrt.errors import BackendUnavailableError, BundleError, InputError
 from bodyrt.runtime.bundle import read_bundle
 from bodyrt.runtime.crops import check_person_boxes
+from bodyrt.runtime.packages import gpu_extra_hint, import_onnxruntime
 from bodyrt.runtime.pipeline import Result, pinhole_camera
 
 GPU_BACKENDS = ("tensorrt", "cuda")
-GPU_EXTRA_HINT = 'pip install "bodyrt[gpu]"'
 DEFAULT_MAX_PEOPLE = 8
 
 
@@ -44,7 +44,7 @@ def import_cuda_driver():
         from cuda.bindings import driver
     except ImportError as error:
         raise BackendUnavailableError(f"the GPU runtime needs the cuda-python package ({error}); "
-                                      f"{GPU_EXTRA_HINT}") from None
+                                      f"{gpu_extra_hint()}") from None
     return driver
 
 
@@ -501,8 +501,10 @@ def available_gpu_backends() -> list:
     found = []
     if importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("cuda") is not None:
         found.append("tensorrt")
-    import onnxruntime
-
+    try:
+        onnxruntime = import_onnxruntime()
+    except BackendUnavailableError:
+        return found
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         found.append("cuda")
     return found

@@ -11,7 +11,8 @@ tensorrt and cuda-python are imported lazily; a missing one raises BackendUnavai
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, BundleError, InputError
-from bodyrt.runtime.gpu import GPU_EXTRA_HINT, CudaDevice, bundle_of, gpu_graph, host_array, import_cuda_driver
+from bodyrt.runtime.gpu import CudaDevice, bundle_of, gpu_graph, host_array, import_cuda_driver
+from bodyrt.runtime.packages import gpu_extra_hint
 
 PLATFORM_KEYS = (("tensorrt_version", "TensorRT"), ("gpu_name", "GPU"), ("compute_capability", "compute capability"))
 
@@ -22,7 +23,7 @@ def import_tensorrt():
         import tensorrt
     except (ImportError, OSError) as error:  # OSError: the bindings without their libnvinfer
         raise BackendUnavailableError(f"the tensorrt backend needs the tensorrt package ({error}); "
-                                      f"{GPU_EXTRA_HINT}") from None
+                                      f"{gpu_extra_hint()}") from None
     return tensorrt
 
 
