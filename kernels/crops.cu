@@ -15,6 +15,10 @@
 //
 // Positions are computed in double: a float32 coordinate near x = 1000 is off by up to 6e-5 px,
 // which on a sharp edge moves the output by 3e-4, well above the 1e-5 the crops are held to.
+// Double divisions are what cost on GPUs whose float64 rate is 1/64 of float32 (L4, L40S, RTX):
+// every thread of a block cuts the same crop (blockIdx.z), so the block's first thread computes the
+// crop's constants once (a step or a scale per axis, and 1/std per channel) into shared memory, and
+// the per-pixel code only multiplies and adds.
 
 struct Taps {
     int first, second;                 // pixel indices along one axis, always inside the image
@@ -49,10 +53,11 @@ __host__ __device__ inline float unit_pixel(const unsigned char* image, long lon
 // ---------------------------------------------------------------------------------------------
 // Part crops: grid_sample(normalised image, bilinear, zero padding, align_corners=True).
 
-// Crop pixel `index` of n samples centre - size/2 + size * index/(n-1) (pixel centres at integers).
-__host__ __device__ inline double part_crop_position(double centre, double size, int index, int crop_size)
+// Crop pixel `index` of n samples centre - size/2 + size * index/(n-1) (pixel centres at integers):
+// first + step * index, with first = centre - size/2 and step = size/(n-1) per crop (part_crop).
+__host__ __device__ inline double part_crop_position(double first, double step, int index)
 {
-    return (centre - size / 2.0) + size * ((double)index / (double)(crop_size - 1));
+    return first + step * (double)index;
 }
 
 __host__ __device__ inline Taps part_crop_taps(double position, int length)
@@ -65,12 +70,12 @@ __host__ __device__ inline Taps part_crop_taps(double position, int length)
 
 // Zero padding in normalised space: each tap is normalised first, so an outside tap adds 0, not -mean/std.
 __host__ __device__ inline float part_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float std)
+                                                 int source_channel, float mean, float inverse_std)
 {
-    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel) - mean) / std;
-    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel) - mean) / std;
-    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel) - mean) / std;
-    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel) - mean) / std;
+    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel) - mean) * inverse_std;
+    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel) - mean) * inverse_std;
+    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel) - mean) * inverse_std;
+    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel) - mean) * inverse_std;
     float top = columns.first_weight * top_left + columns.second_weight * top_right;
     float bottom = columns.first_weight * bottom_left + columns.second_weight * bottom_right;
     return rows.first_weight * top + rows.second_weight * bottom;
@@ -111,10 +116,10 @@ __host__ __device__ inline BodyRect body_rect(const float* box, double box_scale
 // to `crop_size` pixels: source (index + 0.5) * scale - 0.5 in double, clamped to the rectangle's edge
 // pixels. (OpenCV 4 rounded the source to float first; for crop_size 256 both are exact, as
 // (index + 0.5) * rect_length / 256 is a short binary fraction. The double form matches OpenCV 5 at
-// any crop size.)
-__host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rect_origin, int rect_length, int length)
+// any crop size, to the last bit of a double for the scale rect_length * (1/crop_size).)
+// scale = rect_length / crop_size, once per crop (body_crop).
+__host__ __device__ inline Taps body_crop_taps(int index, double scale, int rect_origin, int rect_length, int length)
 {
-    double scale = 1.0 / ((double)crop_size / (double)rect_length);
     double source = (index + 0.5) * scale - 0.5;
     double first_position = floor(source);
     int first = (int)first_position;
@@ -133,13 +138,13 @@ __host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rec
 
 // Zero padding before normalisation: outside taps add 0 to the [0, 1] value, which is then normalised.
 __host__ __device__ inline float body_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float std)
+                                                 int source_channel, float mean, float inverse_std)
 {
     float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel) * columns.first_weight
               + unit_pixel(image, pitch, rows.first, columns.second, source_channel) * columns.second_weight;
     float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel) * columns.first_weight
                  + unit_pixel(image, pitch, rows.second, columns.second, source_channel) * columns.second_weight;
-    return (top * rows.first_weight + bottom * rows.second_weight - mean) / std;
+    return (top * rows.first_weight + bottom * rows.second_weight - mean) * inverse_std;
 }
 
 // Row-major 3x3, full-image pixels -> crop pixels: diagonal n/S, translation n*(0.5 - c/S); zeros if invalid.
@@ -152,6 +157,53 @@ __host__ __device__ inline void body_crop_transform(BodyRect rect, int crop_size
     transform[4] = (float)(crop_size / rect.size);
     transform[5] = (float)(crop_size * (0.5 - rect.centre_y / rect.size));
     transform[8] = 1.0f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-crop constants: computed by a block's first thread, read by all its threads.
+
+// 1/std per output channel (RGB); the same for every crop of a launch.
+struct Normalisation {
+    float mean[3], inverse_std[3];
+};
+
+__host__ __device__ inline Normalisation normalisation(float mean_r, float mean_g, float mean_b, float std_r,
+                                                       float std_g, float std_b)
+{
+    Normalisation result = {{mean_r, mean_g, mean_b}, {1.0f / std_r, 1.0f / std_g, 1.0f / std_b}};
+    return result;
+}
+
+struct PartCrop {
+    double first_x, first_y, step; // sample u is at first_x + step * u (and v alike), full-image pixels
+    bool mirrored, valid;          // valid: a finite box with a size >= 0
+};
+
+__host__ __device__ inline PartCrop part_crop(const float* box, int crop_size, bool mirrored)
+{
+    double centre_x = box[0], centre_y = box[1], size = box[2];
+    PartCrop crop;
+    crop.valid = is_finite(centre_x) && is_finite(centre_y) && is_finite(size) && size >= 0.0;
+    crop.first_x = crop.valid ? centre_x - size / 2.0 : 0.0;
+    crop.first_y = crop.valid ? centre_y - size / 2.0 : 0.0;
+    crop.step = crop.valid ? size / (double)(crop_size - 1) : 0.0;
+    crop.mirrored = mirrored;
+    return crop;
+}
+
+struct BodyCrop {
+    BodyRect rect;
+    double scale_x, scale_y; // rectangle pixels per crop pixel
+};
+
+__host__ __device__ inline BodyCrop body_crop(const float* box, double box_scale, int crop_size)
+{
+    BodyCrop crop;
+    crop.rect = body_rect(box, box_scale);
+    double inverse_crop_size = 1.0 / (double)crop_size;
+    crop.scale_x = crop.rect.width * inverse_crop_size;
+    crop.scale_y = crop.rect.height * inverse_crop_size;
+    return crop;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,27 +240,32 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
                                const float* part_boxes, int boxes_per_person, int first_part, int parts_per_person,
                                unsigned int mirror_mask, int crop_size, Out* out)
 {
+    int k = blockIdx.z;
+    __shared__ PartCrop crop;
+    __shared__ Normalisation norm;
+    if (threadIdx.x == 0 && threadIdx.y == 0) { // before any thread returns: every thread reaches the barrier
+        int part = first_part + k % parts_per_person;
+        crop = part_crop(part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part), crop_size,
+                         (mirror_mask >> part) & 1u);
+        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b);
+    }
+    __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
     int v = blockIdx.y * blockDim.y + threadIdx.y;
-    int k = blockIdx.z;
     if (u >= crop_size || v >= crop_size) return;
     long long plane = (long long)crop_size * crop_size;
     Out* pixel = out + (long long)k * 3 * plane + (long long)v * crop_size + u;
-
-    int part = first_part + k % parts_per_person;
-    const float* box = part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part);
-    double centre_x = box[0], centre_y = box[1], size = box[2];
-    if (!is_finite(centre_x) || !is_finite(centre_y) || !is_finite(size) || size < 0.0) {
+    if (!crop.valid) {
         store_pixel(pixel, plane, 0.0f, 0.0f, 0.0f);
         return;
     }
     // Mirrored: crop column u holds what column n-1-u would.
-    int column = (mirror_mask >> part) & 1u ? crop_size - 1 - u : u;
-    Taps columns = part_crop_taps(part_crop_position(centre_x, size, column, crop_size), width);
-    Taps rows = part_crop_taps(part_crop_position(centre_y, size, v, crop_size), height);
-    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r),
-                part_crop_value(image, pitch, rows, columns, 1, mean_g, std_g),
-                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b));
+    int column = crop.mirrored ? crop_size - 1 - u : u;
+    Taps columns = part_crop_taps(part_crop_position(crop.first_x, crop.step, column), width);
+    Taps rows = part_crop_taps(part_crop_position(crop.first_y, crop.step, v), height);
+    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0]),
+                part_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1]),
+                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2]));
 }
 
 // person_boxes (people, 4) x0, y0, x1, y1 full-image pixels -> out (people, 3, n, n) and transforms
@@ -220,24 +277,29 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
                                const float* person_boxes, double box_scale, int crop_size, Out* out,
                                float* transforms)
 {
+    int k = blockIdx.z;
+    __shared__ BodyCrop crop;
+    __shared__ Normalisation norm;
+    if (threadIdx.x == 0 && threadIdx.y == 0) { // before any thread returns: every thread reaches the barrier
+        crop = body_crop(person_boxes + 4 * (long long)k, box_scale, crop_size);
+        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b);
+    }
+    __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
     int v = blockIdx.y * blockDim.y + threadIdx.y;
-    int k = blockIdx.z;
     if (u >= crop_size || v >= crop_size) return;
     long long plane = (long long)crop_size * crop_size;
     Out* pixel = out + (long long)k * 3 * plane + (long long)v * crop_size + u;
-
-    BodyRect rect = body_rect(person_boxes + 4 * (long long)k, box_scale);
-    if (u == 0 && v == 0) body_crop_transform(rect, crop_size, transforms + 9 * (long long)k);
-    if (!rect.valid) {
+    if (u == 0 && v == 0) body_crop_transform(crop.rect, crop_size, transforms + 9 * (long long)k);
+    if (!crop.rect.valid) {
         store_pixel(pixel, plane, 0.0f, 0.0f, 0.0f);
         return;
     }
-    Taps columns = body_crop_taps(u, crop_size, rect.left, rect.width, width);
-    Taps rows = body_crop_taps(v, crop_size, rect.top, rect.height, height);
-    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r),
-                body_crop_value(image, pitch, rows, columns, 1, mean_g, std_g),
-                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b));
+    Taps columns = body_crop_taps(u, crop.scale_x, crop.rect.left, crop.rect.width, width);
+    Taps rows = body_crop_taps(v, crop.scale_y, crop.rect.top, crop.rect.height, height);
+    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0]),
+                body_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1]),
+                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2]));
 }
 
 // The entry points, extern "C" for cuModuleGetFunction. bodyrt.kernels.launch.KERNEL_PARAMETERS lists
