@@ -48,7 +48,7 @@ def import_polygraphy():
 def polygraphy_runner(runner, name: str, input_specs: list):
     """A bodyrt runner (activate / infer / deactivate) as a Polygraphy runner named `name`.
 
-    input_specs: the graph's inputs ({"name", "shape", "dtype"}); Polygraphy coerces each feed to them.
+    input_specs: the graph's inputs (manifest TensorSpecs); Polygraphy coerces each feed to them.
     """
     _, _, BaseRunner, TensorMetadata = import_polygraphy()
 
@@ -63,8 +63,8 @@ def polygraphy_runner(runner, name: str, input_specs: list):
         def get_input_metadata_impl(self):
             metadata = TensorMetadata()
             for spec in input_specs:
-                shape = [dim if isinstance(dim, int) else -1 for dim in spec["shape"]]
-                metadata.add(spec["name"], np.dtype(spec["dtype"]), shape)
+                shape = [dim if isinstance(dim, int) else -1 for dim in spec.shape]
+                metadata.add(spec.name, np.dtype(spec.dtype), shape)
             return metadata
 
         def infer_impl(self, feed_dict):
@@ -84,40 +84,31 @@ def stage_feeds(bundle_path, scenes, threads: int = 2) -> dict:
     from bodyrt.runtime import open_bundle
 
     pipeline = open_bundle(bundle_path, threads=threads)
-    feeds = {stage["name"]: [] for stage in pipeline.manifest["stages"]}
+    feeds = {stage.name: [] for stage in pipeline.manifest.stages}
     try:
         for image, boxes in scenes:
             pipeline(image, boxes)
-            for stage in pipeline.manifest["stages"]:
-                feeds[stage["name"]].append({spec["name"]: np.array(pipeline.last_tensors[spec["name"]])
-                                             for spec in stage["inputs"]})
+            for stage in pipeline.manifest.stages:
+                feeds[stage.name].append({spec.name: np.array(pipeline.last_tensors[spec.name])
+                                          for spec in stage.inputs})
     finally:
         pipeline.close()
     return feeds
 
 
-def stage_runner(bundle, stage: dict, backend: str, precision: str, threads: int):
-    """(bodyrt runner, input specs, precision it runs at) for one stage on one candidate.
+def stage_runner(bundle, stage, backend: str, precision: str, threads: int):
+    """(bodyrt runner, input TensorSpecs, precision it runs at) for one stage on one candidate.
 
     Raises BackendUnavailableError / BundleError when this machine or bundle cannot run it.
     """
-    from bodyrt.runtime.backends import make_runner
-    from bodyrt.runtime.pipeline import stage_plan
+    from bodyrt.runtime.backends import backend as backend_entry
+    from bodyrt.runtime.backends import make_runner, stage_plan
 
-    if precision == "gpu":
-        from bodyrt.runtime.gpu import gpu_graph
-
-        gpu = bundle.manifest.get("gpu") or {}
-        if backend == "tensorrt" and not gpu.get("tensorrt"):
-            raise BundleError(f"{bundle.path}: the bundle has no TensorRT engines; build them on the GPU machine "
-                              f"with python -m bodyrt.export.tensorrt --bundle {bundle.path}")
-        graph = gpu_graph(bundle.manifest, stage["name"])
-        runner = make_runner(backend, bundle.file(stage["file"]), threads=threads)
-        return runner, graph["inputs"], graph.get("precision", gpu.get("precision", "fp32"))
-    planned = stage_plan(bundle, precision)[stage["name"]]
-    runner = make_runner(backend, bundle.file(planned["file"]), threads=threads, precision=planned["precision"],
-                         input_specs=stage["inputs"], model_sha256=bundle.manifest["files"].get(planned["file"]))
-    return runner, stage["inputs"], planned["precision"]
+    if backend_entry(backend).runs_on == "device":  # the bundle's GPU graph, at its own precision
+        graph = bundle.manifest.gpu_graph(stage.name)
+        return make_runner(backend, bundle, stage.name, threads), graph.inputs, graph.precision
+    planned = stage_plan(bundle, precision)[stage.name]
+    return make_runner(backend, bundle, stage.name, threads, precision), stage.inputs, planned["precision"]
 
 
 def divergence(expected: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> dict:
@@ -145,29 +136,23 @@ def simple_compare(CompareFunc, atol: float, rtol: float):
 
 def candidate_unavailable(bundle, backend: str, precision: str):
     """Why this machine or bundle cannot run the candidate at all (a sentence), or None; cheap checks only."""
+    from bodyrt.runtime.backends import backend as backend_entry
+
     manifest = bundle.manifest
-    if precision == "int8" and not manifest.get("variants", {}).get("int8"):
+    if precision == "int8" and manifest.variants.int8 is None:
         return f"the bundle has no int8 variant (bodyrt quantize --bundle {bundle.path} --calibration IMAGES)"
+    if backend == "tensorrt" and (manifest.gpu is None or manifest.gpu.tensorrt is None):
+        return (f"the bundle has no TensorRT engines (build them on the GPU machine: "
+                f"python -m bodyrt.export.tensorrt --bundle {bundle.path})")
     try:
-        if backend == "openvino":
+        reason = backend_entry(backend).unavailable()
+        if reason is None and backend == "openvino":
             from bodyrt.runtime.openvino_backend import check_precision, import_openvino
 
             check_precision(import_openvino().Core(), precision)
-        elif backend == "tensorrt":
-            from bodyrt.runtime.tensorrt_backend import import_tensorrt
-
-            if not manifest.get("gpu", {}).get("tensorrt"):
-                return (f"the bundle has no TensorRT engines (build them on the GPU machine: "
-                        f"python -m bodyrt.export.tensorrt --bundle {bundle.path})")
-            import_tensorrt()
-        elif backend == "cuda":
-            from bodyrt.runtime.packages import gpu_extra_hint, import_onnxruntime
-
-            if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
-                return f"this ONNX Runtime has no CUDA provider ({gpu_extra_hint()})"
     except (BackendUnavailableError, InputError) as error:
         return str(error)
-    return None
+    return reason
 
 
 def baseline_results(bundle, stage: dict, feeds: list, threads: int):
@@ -189,7 +174,7 @@ def compare_stage(bundle, stage: dict, feeds: list, baseline, candidate, threads
         name = f"{backend} {ran_at}"
         results = Comparator.run([polygraphy_runner(runner, name, input_specs)], data_loader=feeds)
     except (BackendUnavailableError, BundleError) as error:
-        return {"stage": stage["name"], "skipped": str(error)}
+        return {"stage": stage.name, "skipped": str(error)}
     both = RunResults()
     both.append(baseline)
     both.append((name, results[name]))
@@ -208,7 +193,7 @@ def compare_stage(bundle, stage: dict, feeds: list, baseline, candidate, threads
                 entry["passed"] = False
                 entry.setdefault("where", {"scene": iteration, **divergence(expected[output], got[output], atol,
                                                                              rtol)})
-    return {"stage": stage["name"], "precision": ran_at, "atol": atol, "rtol": rtol, "outputs": outputs,
+    return {"stage": stage.name, "precision": ran_at, "atol": atol, "rtol": rtol, "outputs": outputs,
             "passed": all(entry["passed"] for entry in outputs.values())}
 
 
@@ -241,10 +226,10 @@ def check_bundle(bundle_path, scenes=None, candidates=None, threads: int = 2, to
         if reason is not None:
             entry["skipped"] = reason
             continue
-        for stage in bundle.manifest["stages"]:
-            if stage["name"] not in baselines:
-                baselines[stage["name"]] = baseline_results(bundle, stage, feeds[stage["name"]], threads)
-            entry["stages"].append(compare_stage(bundle, stage, feeds[stage["name"]], baselines[stage["name"]],
+        for stage in bundle.manifest.stages:
+            if stage.name not in baselines:
+                baselines[stage.name] = baseline_results(bundle, stage, feeds[stage.name], threads)
+            entry["stages"].append(compare_stage(bundle, stage, feeds[stage.name], baselines[stage.name],
                                                  (backend, precision), threads, tolerances))
         stages = entry["stages"]
         compared = [stage for stage in stages if "skipped" not in stage]

@@ -10,6 +10,7 @@ import sys
 
 from bodyrt import __version__
 from bodyrt.errors import BodyrtError, InputError
+from bodyrt.runtime.manifest import PRECISIONS
 
 
 def _add_demo(commands):
@@ -37,9 +38,9 @@ def _add_export(commands):
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
     parser.add_argument("--engine", choices=["onnx", "tensorrt"], default="onnx",
                         help="tensorrt: also build TensorRT engines for this machine's GPU (default: %(default)s)")
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                        help="precision of the GPU graphs and engines; the CPU graphs stay fp32 "
-                             "(default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="precision of the GPU graphs and engines (fp32 or fp16); the CPU graphs stay fp32, "
+                             "bf16 is chosen at run time, int8 by bodyrt quantize (default: %(default)s)")
     parser.set_defaults(handler=_export)
 
 
@@ -69,9 +70,10 @@ def _add_run(commands):
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
     parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime, "
                         "openvino, or on a GPU tensorrt or cuda (default: %(default)s)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                        help="fp32 (parity with the reference), bf16 (openvino, CPUs with native bf16) or "
-                             "int8 (needs `bodyrt quantize` first) (default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (parity with the reference), bf16 (openvino, CPUs with native bf16), "
+                             "int8 (needs `bodyrt quantize` first) or fp16 (a GPU backend on a bundle exported "
+                             "with --precision fp16) (default: %(default)s)")
     parser.set_defaults(handler=_run_images)
 
 
@@ -95,7 +97,7 @@ def _add_bench(commands):
     parser.add_argument("--body-model", help="SMPL-X file for --reference")
     parser.add_argument("--backend", action="append", help="runtime backend; repeat for several "
                         "(default: onnxruntime)")
-    parser.add_argument("--precision", action="append", choices=["fp32", "bf16", "int8"],
+    parser.add_argument("--precision", action="append", choices=PRECISIONS,
                         help="precision; repeat for several, each backend runs each it supports "
                              "(default: fp32)")
     parser.add_argument("--persons", type=int, default=1, help="persons per image (default: %(default)s)")
@@ -152,7 +154,7 @@ def _add_compare(commands):
                         help="JPEG or PNG files (default: 3 synthetic 720p images)")
     parser.add_argument("--bundle", required=True, help="exported bundle directory")
     parser.add_argument("--backend", default="openvino", help="runtime backend (default: %(default)s)")
-    parser.add_argument("--precision", action="append", choices=["fp32", "bf16", "int8"],
+    parser.add_argument("--precision", action="append", choices=PRECISIONS,
                         help="precision to compare with fp32; repeat (default: bf16 and int8)")
     parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                         help="person box in pixels, for every image; repeat for several (default: whole image)")

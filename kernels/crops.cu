@@ -7,7 +7,8 @@
 //
 // Source image: uint8, interleaved H x W x 3, RGB or BGR (bgr != 0), `pitch` bytes between rows.
 // Output: NCHW, channels in RGB order, float32 (*_f32) or IEEE half bits (*_f16).
-// mean_* and std_* are the normalisation constants in RGB order: value = (pixel/255 - mean) / std.
+// mean_* and std_* are the normalisation constants in RGB order, pixel_divisor the bundle's pixel scale
+// inverted (255 for 8-bit images): value = (pixel / pixel_divisor - mean) / std.
 //
 // One thread per output pixel, computing its three channels: threads (x, y) of the grid are crop
 // column and row, blockIdx.z is the crop. Any block shape works; bodyrt.kernels.launch uses (32, 8, 1)
@@ -17,8 +18,8 @@
 // which on a sharp edge moves the output by 3e-4, well above the 1e-5 the crops are held to.
 // Double divisions are what cost on GPUs whose float64 rate is 1/64 of float32 (L4, L40S, RTX):
 // every thread of a block cuts the same crop (blockIdx.z), so the block's first thread computes the
-// crop's constants once (a step or a scale per axis, and 1/std per channel) into shared memory, and
-// the per-pixel code only multiplies and adds.
+// crop's constants once (a step or a scale per axis, 1/std per channel, 1/pixel_divisor) into shared
+// memory, and the per-pixel code only multiplies and adds.
 
 struct Taps {
     int first, second;                 // pixel indices along one axis, always inside the image
@@ -45,9 +46,9 @@ __host__ __device__ inline Taps taps_with_zero_outside(int first, float fraction
 }
 
 __host__ __device__ inline float unit_pixel(const unsigned char* image, long long pitch, int row, int column,
-                                            int source_channel)
+                                            int source_channel, float inverse_divisor)
 {
-    return (float)image[row * pitch + column * 3 + source_channel] / 255.0f;
+    return (float)image[row * pitch + column * 3 + source_channel] * inverse_divisor;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -70,12 +71,17 @@ __host__ __device__ inline Taps part_crop_taps(double position, int length)
 
 // Zero padding in normalised space: each tap is normalised first, so an outside tap adds 0, not -mean/std.
 __host__ __device__ inline float part_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float inverse_std)
+                                                 int source_channel, float mean, float inverse_std,
+                                                 float inverse_divisor)
 {
-    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel) - mean) * inverse_std;
-    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel) - mean) * inverse_std;
-    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel) - mean) * inverse_std;
-    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel) - mean) * inverse_std;
+    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel, inverse_divisor) - mean)
+                   * inverse_std;
+    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel, inverse_divisor) - mean)
+                    * inverse_std;
+    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel, inverse_divisor) - mean)
+                      * inverse_std;
+    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel, inverse_divisor)
+                          - mean) * inverse_std;
     float top = columns.first_weight * top_left + columns.second_weight * top_right;
     float bottom = columns.first_weight * bottom_left + columns.second_weight * bottom_right;
     return rows.first_weight * top + rows.second_weight * bottom;
@@ -138,12 +144,17 @@ __host__ __device__ inline Taps body_crop_taps(int index, double scale, int rect
 
 // Zero padding before normalisation: outside taps add 0 to the [0, 1] value, which is then normalised.
 __host__ __device__ inline float body_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float inverse_std)
+                                                 int source_channel, float mean, float inverse_std,
+                                                 float inverse_divisor)
 {
-    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel) * columns.first_weight
-              + unit_pixel(image, pitch, rows.first, columns.second, source_channel) * columns.second_weight;
-    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel) * columns.first_weight
-                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel) * columns.second_weight;
+    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel, inverse_divisor)
+                  * columns.first_weight
+              + unit_pixel(image, pitch, rows.first, columns.second, source_channel, inverse_divisor)
+                  * columns.second_weight;
+    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel, inverse_divisor)
+                     * columns.first_weight
+                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel, inverse_divisor)
+                     * columns.second_weight;
     return (top * rows.first_weight + bottom * rows.second_weight - mean) * inverse_std;
 }
 
@@ -162,15 +173,16 @@ __host__ __device__ inline void body_crop_transform(BodyRect rect, int crop_size
 // ---------------------------------------------------------------------------------------------
 // Per-crop constants: computed by a block's first thread, read by all its threads.
 
-// 1/std per output channel (RGB); the same for every crop of a launch.
+// The normalisation with reciprocals: mean and 1/std per output channel (RGB), 1/pixel_divisor.
 struct Normalisation {
-    float mean[3], inverse_std[3];
+    float mean[3], inverse_std[3], inverse_divisor;
 };
 
 __host__ __device__ inline Normalisation normalisation(float mean_r, float mean_g, float mean_b, float std_r,
-                                                       float std_g, float std_b)
+                                                       float std_g, float std_b, float pixel_divisor)
 {
-    Normalisation result = {{mean_r, mean_g, mean_b}, {1.0f / std_r, 1.0f / std_g, 1.0f / std_b}};
+    Normalisation result = {{mean_r, mean_g, mean_b}, {1.0f / std_r, 1.0f / std_g, 1.0f / std_b},
+                            1.0f / pixel_divisor};
     return result;
 }
 
@@ -237,6 +249,7 @@ __device__ inline void store_pixel(Out* pixel, long long plane, float red, float
 template <typename Out>
 __device__ void cut_part_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                float mean_r, float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                               float pixel_divisor,
                                const float* part_boxes, int boxes_per_person, int first_part, int parts_per_person,
                                unsigned int mirror_mask, int crop_size, Out* out)
 {
@@ -247,7 +260,7 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
         int part = first_part + k % parts_per_person;
         crop = part_crop(part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part), crop_size,
                          (mirror_mask >> part) & 1u);
-        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b);
+        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor);
     }
     __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
@@ -263,9 +276,13 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
     int column = crop.mirrored ? crop_size - 1 - u : u;
     Taps columns = part_crop_taps(part_crop_position(crop.first_x, crop.step, column), width);
     Taps rows = part_crop_taps(part_crop_position(crop.first_y, crop.step, v), height);
-    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0]),
-                part_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1]),
-                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2]));
+    float inverse_divisor = norm.inverse_divisor;
+    store_pixel(pixel, plane,
+                part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0],
+                                inverse_divisor),
+                part_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1], inverse_divisor),
+                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2],
+                                inverse_divisor));
 }
 
 // person_boxes (people, 4) x0, y0, x1, y1 full-image pixels -> out (people, 3, n, n) and transforms
@@ -274,6 +291,7 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
 template <typename Out>
 __device__ void cut_body_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                float mean_r, float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                               float pixel_divisor,
                                const float* person_boxes, double box_scale, int crop_size, Out* out,
                                float* transforms)
 {
@@ -282,7 +300,7 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
     __shared__ Normalisation norm;
     if (threadIdx.x == 0 && threadIdx.y == 0) { // before any thread returns: every thread reaches the barrier
         crop = body_crop(person_boxes + 4 * (long long)k, box_scale, crop_size);
-        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b);
+        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor);
     }
     __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
@@ -297,9 +315,13 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
     }
     Taps columns = body_crop_taps(u, crop.scale_x, crop.rect.left, crop.rect.width, width);
     Taps rows = body_crop_taps(v, crop.scale_y, crop.rect.top, crop.rect.height, height);
-    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0]),
-                body_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1]),
-                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2]));
+    float inverse_divisor = norm.inverse_divisor;
+    store_pixel(pixel, plane,
+                body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0],
+                                inverse_divisor),
+                body_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1], inverse_divisor),
+                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2],
+                                inverse_divisor));
 }
 
 // The entry points, extern "C" for cuModuleGetFunction. bodyrt.kernels.launch.KERNEL_PARAMETERS lists
@@ -307,41 +329,41 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
 
 extern "C" __global__ void part_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* part_boxes, int boxes_per_person, int first_part,
                                           int parts_per_person, unsigned int mirror_mask, int crop_size, float* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, part_boxes,
-                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   part_boxes, boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void part_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* part_boxes, int boxes_per_person, int first_part,
                                           int parts_per_person, unsigned int mirror_mask, int crop_size,
                                           unsigned short* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, part_boxes,
-                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   part_boxes, boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void body_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* person_boxes, double box_scale, int crop_size, float* out,
                                           float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, person_boxes,
-                   box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   person_boxes, box_scale, crop_size, out, transforms);
 }
 
 extern "C" __global__ void body_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* person_boxes, double box_scale, int crop_size,
                                           unsigned short* out, float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, person_boxes,
-                   box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   person_boxes, box_scale, crop_size, out, transforms);
 }

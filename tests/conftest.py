@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def synthetic_smplx_path(tmp_path_factory):
     """A synthetic SMPLX_NEUTRAL.npz (v1.1 layout), seed 0."""
-    from bodyrt.export.synthetic import write_smplx_model
+    from bodyrt.export.fixtures.body_models import write_smplx_model
 
     return write_smplx_model(tmp_path_factory.mktemp("smplx"), seed=0)
 

@@ -108,7 +108,7 @@ def test_readme_snippet_is_the_example_and_compiles_with_warnings_as_errors(capi
 
 
 def test_c_outputs_match_the_python_runtime(capi_dir, bundle_dir, demo_files, runtime, tmp_path):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     image, box = sample_scene(demo_files[1], seed=1, size=(360, 480))
     boxes = np.concatenate([box, box + np.float32([-60, 10, -60, 10])]).astype(np.float32)

@@ -24,7 +24,7 @@ VALID_DISTANCE_M = 0.01  # SMPL-X vertices farther than this from the SMPL surfa
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, synthetic_smplx_path):
-    from bodyrt.export.synthetic import smpl_arrays, smplx_arrays, write_body_model
+    from bodyrt.export.fixtures.body_models import smpl_arrays, smplx_arrays, write_body_model
 
     smpl = smpl_arrays(seed=0)
     path = write_body_model(tmp_path_factory.mktemp("convert-smpl") / "SMPL_NEUTRAL.pkl", smpl)

@@ -58,8 +58,8 @@ def state_dict_sha256(model: dict) -> str:
 def golden_inputs(tmp_path_factory):
     """(checkpoint, body model) the official code ran: regenerated, edited as the golden README says,
     and checked against the hash of the file the official code loaded."""
-    from bodyrt.export.checkpoint import write_random_checkpoint
-    from bodyrt.export.synthetic import smplx_arrays, write_smplx_model
+    from bodyrt.export.fixtures.checkpoints import write_random_checkpoint
+    from bodyrt.export.fixtures.body_models import smplx_arrays, write_smplx_model
 
     folder = tmp_path_factory.mktemp("golden-expose")
     body_model = write_smplx_model(folder, seed=SEED)
@@ -269,7 +269,7 @@ def test_part_crops_at_the_official_boxes(case):
     for part, size in (("right_hand", 224), ("left_hand", 224), ("head", 256)):
         x0, y0, x1, y1 = golden[f"{part}_box"].astype(np.float64)
         centre, side = np.array([[(x0 + x1) / 2, (y0 + y1) / 2]]), np.array([x1 - x0])
-        host = part_crops(image, centre, side, size, np.array([False]), mean, std)[0]
+        host = part_crops(image, centre, side, size, np.array([False]), mean, std, pixel_scale=1.0 / 255.0)[0]
         assert max_deviation(host, golden[f"{part}_crop"]) <= 3e-4, f"runtime crops, {part}"
         sampled = sample_part_crops(normalise_image(image), torch.tensor([[*centre[0], side[0]]]), size,
                                     torch.tensor([False]))[0]
