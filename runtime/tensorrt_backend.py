@@ -118,7 +118,7 @@ class TensorRTStage:
         if people not in self.dedicated:
             trt = self.trt
             if self.scratch is None:
-                size = int(self.engine.get_device_memory_size_v2())
+                size = int(self.engine.device_memory_size_v2)
                 self.scratch = (self.device.allocate(size), size)
             context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if context is None:
@@ -133,7 +133,10 @@ class TensorRTStage:
 
         dedicated_context: run on the context kept for this person count (for CUDA graph capture).
         """
-        context = self.dedicated_context(people) if dedicated_context else self.context
+        if dedicated_context:
+            context = self.dedicated_context(people)
+        else:
+            context = self.context
         for spec in self.inputs:
             if not context.set_input_shape(spec["name"], (people, *spec["per_person"])):
                 raise InputError(f"stage {self.stage}: TensorRT rejected {people} persons for input {spec['name']} "

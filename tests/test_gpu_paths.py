@@ -277,8 +277,7 @@ class HostEngine:
     def get_tensor_shape(self, name):
         return (-1, *self.values[name].shape[1:])
 
-    def get_device_memory_size_v2(self):
-        return 4096
+    device_memory_size_v2 = 4096
 
     def create_execution_context(self, *strategy):
         self.contexts.append(HostContext(self, user_managed=strategy == ("user_managed",)))
@@ -300,7 +299,7 @@ class HostContext:
         self.user_managed, self.device_memory = user_managed, None
 
     def set_device_memory(self, pointer, size):
-        if not self.user_managed or size < self.engine.get_device_memory_size_v2():
+        if not self.user_managed or size < self.engine.device_memory_size_v2:
             raise EmulationError("set_device_memory on a context that is not USER_MANAGED, or too small")
         HostDevice.active.owner(pointer, size)
         self.device_memory = pointer
