@@ -18,8 +18,9 @@
 // which on a sharp edge moves the output by 3e-4, well above the 1e-5 the crops are held to.
 // Double divisions are what cost on GPUs whose float64 rate is 1/64 of float32 (L4, L40S, RTX):
 // every thread of a block cuts the same crop (blockIdx.z), so the block's first thread computes the
-// crop's constants once (a step or a scale per axis, 1/std per channel, 1/pixel_divisor) into shared
-// memory, and the per-pixel code only multiplies and adds.
+// crop's constants once (a step or a scale per axis, with their float64 divisions) into shared memory,
+// and the per-pixel position arithmetic only multiplies and adds. The float32 normalisation keeps its
+// divisions (full rate in float32), so the values stay bit for bit those of the CPU references.
 
 struct Taps {
     int first, second;                 // pixel indices along one axis, always inside the image
@@ -46,9 +47,9 @@ __host__ __device__ inline Taps taps_with_zero_outside(int first, float fraction
 }
 
 __host__ __device__ inline float unit_pixel(const unsigned char* image, long long pitch, int row, int column,
-                                            int source_channel, float inverse_divisor)
+                                            int source_channel, float divisor)
 {
-    return (float)image[row * pitch + column * 3 + source_channel] * inverse_divisor;
+    return (float)image[row * pitch + column * 3 + source_channel] / divisor;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,17 +72,12 @@ __host__ __device__ inline Taps part_crop_taps(double position, int length)
 
 // Zero padding in normalised space: each tap is normalised first, so an outside tap adds 0, not -mean/std.
 __host__ __device__ inline float part_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float inverse_std,
-                                                 float inverse_divisor)
+                                                 int source_channel, float mean, float std, float divisor)
 {
-    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel, inverse_divisor) - mean)
-                   * inverse_std;
-    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel, inverse_divisor) - mean)
-                    * inverse_std;
-    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel, inverse_divisor) - mean)
-                      * inverse_std;
-    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel, inverse_divisor)
-                          - mean) * inverse_std;
+    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel, divisor) - mean) / std;
+    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel, divisor) - mean) / std;
+    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel, divisor) - mean) / std;
+    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel, divisor) - mean) / std;
     float top = columns.first_weight * top_left + columns.second_weight * top_right;
     float bottom = columns.first_weight * bottom_left + columns.second_weight * bottom_right;
     return rows.first_weight * top + rows.second_weight * bottom;
@@ -122,7 +118,7 @@ __host__ __device__ inline BodyRect body_rect(const float* box, double box_scale
 // to `crop_size` pixels: source (index + 0.5) * scale - 0.5 in double, clamped to the rectangle's edge
 // pixels. (OpenCV 4 rounded the source to float first; for crop_size 256 both are exact, as
 // (index + 0.5) * rect_length / 256 is a short binary fraction. The double form matches OpenCV 5 at
-// any crop size, to the last bit of a double for the scale rect_length * (1/crop_size).)
+// any crop size.)
 // scale = rect_length / crop_size, once per crop (body_crop).
 __host__ __device__ inline Taps body_crop_taps(int index, double scale, int rect_origin, int rect_length, int length)
 {
@@ -144,18 +140,17 @@ __host__ __device__ inline Taps body_crop_taps(int index, double scale, int rect
 
 // Zero padding before normalisation: outside taps add 0 to the [0, 1] value, which is then normalised.
 __host__ __device__ inline float body_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float inverse_std,
-                                                 float inverse_divisor)
+                                                 int source_channel, float mean, float std, float divisor)
 {
-    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel, inverse_divisor)
+    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel, divisor)
                   * columns.first_weight
-              + unit_pixel(image, pitch, rows.first, columns.second, source_channel, inverse_divisor)
+              + unit_pixel(image, pitch, rows.first, columns.second, source_channel, divisor)
                   * columns.second_weight;
-    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel, inverse_divisor)
+    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel, divisor)
                      * columns.first_weight
-                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel, inverse_divisor)
+                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel, divisor)
                      * columns.second_weight;
-    return (top * rows.first_weight + bottom * rows.second_weight - mean) * inverse_std;
+    return (top * rows.first_weight + bottom * rows.second_weight - mean) / std;
 }
 
 // Row-major 3x3, full-image pixels -> crop pixels: diagonal n/S, translation n*(0.5 - c/S); zeros if invalid.
@@ -173,19 +168,6 @@ __host__ __device__ inline void body_crop_transform(BodyRect rect, int crop_size
 // ---------------------------------------------------------------------------------------------
 // Per-crop constants: computed by a block's first thread, read by all its threads.
 
-// The normalisation with reciprocals: mean and 1/std per output channel (RGB), 1/pixel_divisor.
-struct Normalisation {
-    float mean[3], inverse_std[3], inverse_divisor;
-};
-
-__host__ __device__ inline Normalisation normalisation(float mean_r, float mean_g, float mean_b, float std_r,
-                                                       float std_g, float std_b, float pixel_divisor)
-{
-    Normalisation result = {{mean_r, mean_g, mean_b}, {1.0f / std_r, 1.0f / std_g, 1.0f / std_b},
-                            1.0f / pixel_divisor};
-    return result;
-}
-
 struct PartCrop {
     double first_x, first_y, step; // sample u is at first_x + step * u (and v alike), full-image pixels
     bool mirrored, valid;          // valid: a finite box with a size >= 0
@@ -198,7 +180,7 @@ __host__ __device__ inline PartCrop part_crop(const float* box, int crop_size, b
     crop.valid = is_finite(centre_x) && is_finite(centre_y) && is_finite(size) && size >= 0.0;
     crop.first_x = crop.valid ? centre_x - size / 2.0 : 0.0;
     crop.first_y = crop.valid ? centre_y - size / 2.0 : 0.0;
-    crop.step = crop.valid ? size / (double)(crop_size - 1) : 0.0;
+    crop.step = crop.valid ? size / (double)(crop_size - 1) : 0.0; // the one float64 division of the crop
     crop.mirrored = mirrored;
     return crop;
 }
@@ -212,9 +194,9 @@ __host__ __device__ inline BodyCrop body_crop(const float* box, double box_scale
 {
     BodyCrop crop;
     crop.rect = body_rect(box, box_scale);
-    double inverse_crop_size = 1.0 / (double)crop_size;
-    crop.scale_x = crop.rect.width * inverse_crop_size;
-    crop.scale_y = crop.rect.height * inverse_crop_size;
+    // OpenCV's form, 1 / (n / length): the same bits as cv2.resize's scale
+    crop.scale_x = 1.0 / ((double)crop_size / (double)crop.rect.width);
+    crop.scale_y = 1.0 / ((double)crop_size / (double)crop.rect.height);
     return crop;
 }
 
@@ -255,12 +237,10 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
 {
     int k = blockIdx.z;
     __shared__ PartCrop crop;
-    __shared__ Normalisation norm;
     if (threadIdx.x == 0 && threadIdx.y == 0) { // before any thread returns: every thread reaches the barrier
         int part = first_part + k % parts_per_person;
         crop = part_crop(part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part), crop_size,
                          (mirror_mask >> part) & 1u);
-        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor);
     }
     __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
@@ -276,13 +256,9 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
     int column = crop.mirrored ? crop_size - 1 - u : u;
     Taps columns = part_crop_taps(part_crop_position(crop.first_x, crop.step, column), width);
     Taps rows = part_crop_taps(part_crop_position(crop.first_y, crop.step, v), height);
-    float inverse_divisor = norm.inverse_divisor;
-    store_pixel(pixel, plane,
-                part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0],
-                                inverse_divisor),
-                part_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1], inverse_divisor),
-                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2],
-                                inverse_divisor));
+    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r, pixel_divisor),
+                part_crop_value(image, pitch, rows, columns, 1, mean_g, std_g, pixel_divisor),
+                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b, pixel_divisor));
 }
 
 // person_boxes (people, 4) x0, y0, x1, y1 full-image pixels -> out (people, 3, n, n) and transforms
@@ -297,11 +273,8 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
 {
     int k = blockIdx.z;
     __shared__ BodyCrop crop;
-    __shared__ Normalisation norm;
-    if (threadIdx.x == 0 && threadIdx.y == 0) { // before any thread returns: every thread reaches the barrier
+    if (threadIdx.x == 0 && threadIdx.y == 0) // before any thread returns: every thread reaches the barrier
         crop = body_crop(person_boxes + 4 * (long long)k, box_scale, crop_size);
-        norm = normalisation(mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor);
-    }
     __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
     int v = blockIdx.y * blockDim.y + threadIdx.y;
@@ -315,13 +288,9 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
     }
     Taps columns = body_crop_taps(u, crop.scale_x, crop.rect.left, crop.rect.width, width);
     Taps rows = body_crop_taps(v, crop.scale_y, crop.rect.top, crop.rect.height, height);
-    float inverse_divisor = norm.inverse_divisor;
-    store_pixel(pixel, plane,
-                body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, norm.mean[0], norm.inverse_std[0],
-                                inverse_divisor),
-                body_crop_value(image, pitch, rows, columns, 1, norm.mean[1], norm.inverse_std[1], inverse_divisor),
-                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, norm.mean[2], norm.inverse_std[2],
-                                inverse_divisor));
+    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r, pixel_divisor),
+                body_crop_value(image, pitch, rows, columns, 1, mean_g, std_g, pixel_divisor),
+                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b, pixel_divisor));
 }
 
 // The entry points, extern "C" for cuModuleGetFunction. bodyrt.kernels.launch.KERNEL_PARAMETERS lists

@@ -142,6 +142,7 @@ class DeviceExecutor:
 
     def host_frame(self, image: np.ndarray, boxes, channel_order: str) -> Frame:
         """Copy a host image to the device (through page-locked staging) as a frame."""
+        self.device.make_current()  # the caller's thread may not be the one that opened the device
         image = np.ascontiguousarray(image)
         staging = self._grow("image", image.nbytes, host=True)
         host_array(staging, np.uint8, image.shape)[...] = image
