@@ -811,7 +811,8 @@ def test_cli_run_on_the_emulated_tensorrt_backend(emulated_bundles, cpu_runtime,
                  "--out", str(tmp_path / "out"), "--backend", "tensorrt"]
     for box in boxes:
         arguments += ["--box", *(str(float(value)) for value in box)]
-    assert main(arguments) == 0, capsys.readouterr().err
+    code, err = main(arguments), capsys.readouterr().err
+    assert code == 0, err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]
     assert summary["backend"] == "tensorrt" and summary["device"] == "Host Emulation"
     assert {"body_crop", "body", "hand_crops", "face_crops", "hand", "face", "merge"} <= set(summary["timings_ms"])
@@ -824,8 +825,8 @@ def test_cli_run_on_the_emulated_tensorrt_backend(emulated_bundles, cpu_runtime,
         assert (tmp_path / "out" / f"person_person{person}.obj").stat().st_size > 0
     assert (tmp_path / "out" / "person_overlay.png").is_file()
     # a precision the GPU graphs were not exported with is refused with the reason, before anything runs
-    assert main([*arguments[:-4], "--out", str(tmp_path / "fp16"), "--backend", "tensorrt",
-                 "--precision", "fp16"]) == 1
+    assert main(["run", "--bundle", str(emulated_bundles["fp32"]), str(tmp_path / "person.png"), "--out",
+                 str(tmp_path / "fp16"), "--backend", "tensorrt", "--precision", "fp16"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "GPU graphs are fp32" in error[0]
     assert not (tmp_path / "fp16").exists()

@@ -202,7 +202,7 @@ def test_format_1_bundle_is_refused_with_the_reexport_command(bundle_dir, tmp_pa
     data = json.loads((copy_dir / "manifest.json").read_text())
     data["format_version"] = 1
     (copy_dir / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(BundleError, match=rf"manifest\.json.*format_version 1.*reads version {FORMAT_VERSION}.*"
+    with pytest.raises(BundleError, match=rf"manifest\.json.*format_version 1.*reads bundle format version {FORMAT_VERSION}.*"
                                           r"bodyrt export --checkpoint"):
         read_bundle(copy_dir)
 
