@@ -223,6 +223,7 @@ def _first_line(error: Exception) -> str:
 
 def _read_entries(path: Path, keys) -> dict:
     """The entries `keys` of a body-model file that has them, as plain values; absent keys left out."""
+    magic = b""
     try:
         with open(path, "rb") as stream:
             magic = stream.read(4)
@@ -235,7 +236,9 @@ def _read_entries(path: Path, keys) -> dict:
         raise BodyModelError(f"{path}: no such body-model file") from None
     except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError) as error:
-        raise BodyModelError(f"{path}: not a readable SMPL or SMPL-X model file ({_first_line(error)})") from None
+        reason = _first_line(error) if magic[:1] in (b"\x80", b"PK") else \
+            "neither an .npz archive nor a pickled model: the file starts with neither's signature"
+        raise BodyModelError(f"{path}: not a readable SMPL or SMPL-X model file ({reason})") from None
     if not isinstance(contents, dict):
         raise BodyModelError(f"{path}: not an SMPL or SMPL-X model file (it holds {_describe(contents)}, "
                              "not a dictionary of arrays)")

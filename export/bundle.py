@@ -3,14 +3,13 @@
 The bundle holds one ONNX graph per stage (body, hand, face, merge; see bodyrt.export.stages) with
 a dynamic person axis, and manifest.json with everything the runtime needs. Every stage is checked
 against PyTorch on real intermediate tensors before the bundle is written, and the directory is
-swapped in atomically: a failed export leaves no half bundle and keeps the previous one.
+swapped in atomically: a failed export leaves no half bundle and keeps the previous one. Where an
+export may write, and the marker that says a folder is bodyrt's: bodyrt.export.out_folder.
 """
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +21,9 @@ import bodyrt
 from bodyrt.errors import ExportError
 from bodyrt.export import layout
 from bodyrt.export.stages import MergeStage
+from bodyrt.export.out_folder import check_out_dir, make_staging, remove_stale_staging, swap_in
 from bodyrt.progress import progress
+from bodyrt.limits import check_threads
 from bodyrt.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
 from bodyrt.runtime.manifest import parse_manifest
 
@@ -196,6 +197,9 @@ def export_bundle(checkpoint, body_model, out_dir, threads: int = 2, arch: str =
     arch "expose" (default) is this module's pipeline; the body-only SMPL architectures ("hkmr",
     "deform-and-learn") are exported by bodyrt.export.smpl_bundle through the same build_bundle.
     """
+    check_threads(threads)
+    out_dir = check_out_dir(out_dir)  # a bad --out fails now, not after minutes of export
+    remove_stale_staging(out_dir)  # what an export killed by SIGKILL left beside it
     if arch != "expose":
         from bodyrt.export.smpl_bundle import export_smpl_bundle
 
@@ -215,9 +219,8 @@ def build_bundle(out_dir, specs: list[dict], samples: dict, threads: int, make_m
     specs: stage_specs-like dicts (name, module, inputs, outputs, optional tolerance); samples: input
     name -> torch tensor; make_manifest(stage_files, graph_specs) -> the manifest dict.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    out_dir = check_out_dir(out_dir)
+    staging = make_staging(out_dir)
     try:
         stage_files, graph_specs = {}, {}
         for spec in progress(specs, label="export"):
@@ -241,20 +244,11 @@ def build_bundle(out_dir, specs: list[dict], samples: dict, threads: int, make_m
         manifest = parse_manifest(manifest, "exported manifest")  # export writes only what the runtime reads
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_json()))
         swap_in(staging, out_dir)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile: one line naming the file
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"{error.filename or out_dir}: cannot write the bundle "
+                          f"({error.strerror or error})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
-
-
-def swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace out_dir by the complete staging directory; the old bundle survives until then."""
-    if out_dir.exists() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
-        raise ExportError(f"{out_dir}: exists and is not a bodyrt bundle; refusing to replace it")
-    retired = None
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rename(out_dir, retired / "bundle")
-    os.rename(staging, out_dir)
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)

@@ -128,21 +128,31 @@ def load_expose_checkpoint(path, allow_pickle: bool = False) -> ExposeWeights:
 
 
 def read_checkpoint_file(path: Path, allow_pickle: bool = False):
-    """torch.load with weights_only=True, every failure turned into a one-line CheckpointError."""
+    """torch.load with weights_only=True, every failure turned into a one-line CheckpointError.
+
+    The zip members' CRCs are checked first (torch.load skips them, so a flipped byte in a tensor
+    would be loaded as a wrong weight). A file holding Python objects beyond tensors is refused,
+    naming the first global the safe loader refused; `allow_pickle=True` (Python API only, trusted
+    files only: it runs the file's pickled code) loads it anyway.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (the file is empty)")
+    check_zip_members(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         refused = refused_global(error)
         if refused is None:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({load_failure_reason(error)})") from None
+            reason = load_failure_reason(error) if zipfile.is_zipfile(path) else \
+                "neither a zip archive, as torch.save writes, nor a legacy PyTorch pickle"
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})") from None
         if not allow_pickle:
             raise CheckpointError(
-                f"{path}: holds Python objects the safe loader refuses ({refused}); if you trust the file, "
-                "load it with allow_pickle=True, or re-save only its 'model' state dict") from None
+                f"{path}: refused: it holds a pickled Python object ({refused}), not only tensors, and loading "
+                "it would run code from the file; bodyrt loads tensors only: re-save the checkpoint's 'model' "
+                "state dict from a copy you trust") from None
     log.warning("%s: loading with weights_only=False (allow_pickle=True): it may run code from the file", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -150,22 +160,43 @@ def read_checkpoint_file(path: Path, allow_pickle: bool = False):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({load_failure_reason(error)})") from None
 
 
+def check_zip_members(path: Path) -> None:
+    """Raise CheckpointError naming the member when a zip-format checkpoint's CRCs do not match.
+
+    torch.save writes a zip archive whose members (the pickle, one per tensor storage) carry CRC-32s
+    that torch.load never checks. Legacy (pre-1.6, non-zip) checkpoints carry no checksum to check."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        raise CheckpointError(f"{path}: corrupted checkpoint: its zip structure is damaged ({error})") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupted checkpoint: member {damaged} fails its CRC-32 check (the file "
+                              "changed after it was written); use an intact copy")
+
+
 def refused_global(error: Exception) -> str | None:
     """The `module.name` a weights-only load refused, or None if the failure was something else."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    match = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(error))
     return match.group(1) if match else None
 
 
 def load_failure_reason(error: Exception) -> str:
-    """A short, single-line reason for a failed torch.load."""
+    """A short, single-line reason for a failed torch.load, without torch's advice to drop weights_only."""
     text = str(error)
     if isinstance(error, (zipfile.BadZipFile, EOFError)) or "zip archive" in text:
         return "truncated or corrupted file"
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     if detail:
         return f"unreadable pickle: {detail.group(1).strip()}"
-    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return first_line[:160]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines
+              if not re.search(r"weights_only|Weights only load failed|torch\.load|documentation", line)]
+    if useful:
+        return useful[0][:160]
+    return "unreadable pickle" if lines else type(error).__name__
 
 
 def weights_from_official(contents: dict, path: Path) -> ExposeWeights:
@@ -267,6 +298,10 @@ def take_tensor(source: dict, key: str, shape, path: Path, used: set, numel: int
     if numel is not None and tensor.numel() != numel:
         raise CheckpointError(f"{path}: tensor '{label}{key}' has shape {tuple(tensor.shape)}, "
                               f"expected {numel} values")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{path}: tensor '{label}{key}' holds {bad} NaN or infinite value(s) of "
+                              f"{tensor.numel()}; the checkpoint is damaged or its training diverged")
     used.add(key)
     return tensor.float() if tensor.is_floating_point() else tensor
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BodyrtError, InputError
+from bodyrt.export.out_folder import require_own_bundle
 from bodyrt.progress import progress
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
 from bodyrt.runtime.manifest import parse_manifest
@@ -142,6 +143,7 @@ def quantize_bundle(bundle_path, calibration_folder, threads: int = 2, max_image
     import onnxruntime
 
     bundle = read_bundle(bundle_path)
+    require_own_bundle(bundle.path)  # the int8 graphs and the manifest are written into this folder
     bundle_path = bundle.path
     manifest = bundle.manifest.to_json()  # edited as JSON, checked again by write_manifest
     if max_images < 1:

@@ -9,6 +9,7 @@ networks -> merge -> final SMPL-X. The order is the bundle's: the reference runs
 import numpy as np
 import torch
 
+from bodyrt.errors import BodyModelError
 from bodyrt.export import layout
 from bodyrt.export.body_model import BodyModel, load_body_model
 from bodyrt.export.checkpoint import build_expose_networks, load_expose_checkpoint
@@ -35,8 +36,12 @@ class ReferencePipeline:
 
         if threads:
             torch.set_num_threads(threads)
+        self.body_model_data = load_body_model(body_model_path)  # first: it is read in a second
+        if self.body_model_data.kind != "smplx":
+            raise BodyModelError(
+                f"{body_model_path}: an {self.body_model_data.kind.upper()} model; ExPose needs an SMPL-X model "
+                "(SMPLX_NEUTRAL.npz or .pkl, 10475 vertices). SMPL models go with --arch hkmr or deform-and-learn")
         self.weights = load_expose_checkpoint(checkpoint_path)
-        self.body_model_data = load_body_model(body_model_path)
         body_network, hand_network, face_network = build_expose_networks(self.weights)
         body_model = BodyModel(self.body_model_data)
         self.body_stage = BodyStage(body_network, body_model, self.weights.part_means).eval()

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, BodyrtError, ExportError, InputError
+from bodyrt.export.out_folder import require_own_bundle
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
 from bodyrt.runtime.manifest import parse_manifest
 
@@ -407,6 +408,7 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
     failed build leaves the bundle as it was.
     """
     bundle = read_bundle(bundle_dir)
+    require_own_bundle(bundle.path)  # GPU graphs, engines and the manifest are written into this folder
     manifest = bundle.manifest.to_json()  # edited as JSON, checked by parse_manifest before it is written
     old_gpu = manifest.pop("gpu", {})
     precision = precision or old_gpu.get("precision", "fp32")

@@ -18,7 +18,13 @@ Cache: compiled models are exported to `<cache>/openvino/<key>.blob`, the key ha
 sha256 (from the bundle manifest), the precision, the shapes, the thread count, the OpenVINO version
 and the CPU (name, capabilities and ISA flags), so a blob is never used on another machine, library
 or bundle. The cache directory is $BODYRT_CACHE_DIR/openvino, else $XDG_CACHE_HOME/bodyrt/openvino,
-else ~/.cache/bodyrt/openvino. An unreadable blob is recompiled; an unwritable cache only costs time.
+else ~/.cache/bodyrt/openvino. An unwritable cache only costs time.
+
+Each blob is verified before use: its sha256 is stored beside it (`<key>.blob.sha256`, written when the
+blob is), and a blob whose bytes do not hash to it (a flipped bit, a truncated or overwritten file, a
+blob without its hash) is never imported: it is recompiled from the bundle's verified graph and
+replaced, with a warning naming it. OpenVINO's own CACHE_DIR is not used: it stores blobs without a
+check bodyrt could apply.
 """
 
 import hashlib
@@ -88,10 +94,9 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "bodyrt" / "openvino"
 
 
-def static_shapes(input_specs: list[dict], people: int) -> dict:
-    """Manifest input specs ({'name', 'shape'} with 'people' for the person axis) -> name -> shape."""
-    return {spec["name"]: [people if isinstance(dim, str) else int(dim) for dim in spec["shape"]]
-            for spec in input_specs}
+def static_shapes(input_specs, people: int) -> dict:
+    """The manifest's input TensorSpecs of a stage ('people' on the person axis) -> name -> shape."""
+    return {spec.name: [people if isinstance(dim, str) else int(dim) for dim in spec.shape] for spec in input_specs}
 
 
 class OpenVinoRunner:
@@ -100,7 +105,7 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, model_path, threads: int = 2, precision: str = "fp32", model_sha256: str | None = None,
-                 input_specs: list[dict] | None = None, cache_dir=None):
+                 input_specs=None, cache_dir=None):
         """input_specs: the manifest's inputs of this stage (for the one-person precompile); model_sha256:
         the graph's hash from the manifest (hashed here when not given)."""
         self.model_path = Path(model_path)
@@ -167,8 +172,11 @@ class OpenVinoRunner:
             try:
                 # copy-on-write map: OpenVINO reads the weights in place instead of copying 100s of MB
                 blob = np.memmap(blob_path, dtype=np.uint8, mode="c")
-                tensor = self.openvino.Tensor(blob, shared_memory=True)
-                return self.core.import_model(tensor, "CPU", self.config()), blob
+                problem = blob_problem(blob_path, blob)
+                if problem is None:
+                    tensor = self.openvino.Tensor(blob, shared_memory=True)
+                    return self.core.import_model(tensor, "CPU", self.config()), blob
+                log.warning("%s: cached OpenVINO model not used: %s; recompiling", blob_path, problem)
             except (RuntimeError, ValueError, OSError) as error:
                 log.warning("%s: cached OpenVINO model unusable (%s); recompiling", blob_path, error)
         model = self.core.read_model(str(self.model_path))
@@ -182,14 +190,39 @@ class OpenVinoRunner:
         partial = None
         try:
             blob_path.parent.mkdir(parents=True, exist_ok=True)
+            data = compiled.export_model().getbuffer()
             with tempfile.NamedTemporaryFile(dir=blob_path.parent, suffix=".partial", delete=False) as stream:
                 partial = stream.name
-                stream.write(compiled.export_model().getbuffer())
+                stream.write(data)
+            # the hash first: a reader that meets the new hash beside the old blob recompiles, never misuses
+            _write_atomically(digest_path(blob_path), hashlib.sha256(data).hexdigest().encode())
             os.replace(partial, blob_path)
         except OSError as error:
             log.warning("%s: cannot cache the compiled OpenVINO model (%s)", blob_path, error)
             if partial:
                 Path(partial).unlink(missing_ok=True)
+
+
+def digest_path(blob_path: Path) -> Path:
+    """Where the sha256 of a cached blob is stored: beside it, `<name>.sha256`."""
+    return blob_path.with_name(blob_path.name + ".sha256")
+
+
+def blob_problem(blob_path: Path, blob) -> str | None:
+    """None when the blob's bytes hash to the sha256 stored beside it, else what is wrong."""
+    try:
+        expected = digest_path(blob_path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return "no sha256 stored beside it"
+    if hashlib.sha256(memoryview(blob)).hexdigest() != expected:
+        return "its bytes do not match the sha256 stored beside it (modified or truncated)"
+    return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as stream:
+        stream.write(data)
+    os.replace(stream.name, path)
 
 
 def _sha256(path: Path) -> str:

@@ -20,6 +20,7 @@ from bodyrt.errors import BundleError, InputError
 from bodyrt.runtime.bundle import read_bundle
 from bodyrt.runtime.crops import body_crops, check_person_boxes, part_crops
 from bodyrt.runtime.manifest import BodyCropStep, GraphStep, PartCropsStep, PinholeStep
+from bodyrt.limits import check_threads
 
 
 @dataclass
@@ -228,5 +229,6 @@ def open_bundle(path, backend: str = "onnxruntime", threads: int = 2, precision:
     """
     from bodyrt.runtime.backends import open_executor
 
+    check_threads(threads)
     bundle = read_bundle(path)
     return Pipeline(bundle, open_executor(bundle, backend, threads=threads, precision=precision, **options))

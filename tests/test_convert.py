@@ -153,7 +153,7 @@ def test_missing_and_unreadable_correspondence(tmp_path):
     with pytest.raises(BodyModelError, match="no such correspondence file"):
         load_correspondence(tmp_path / "absent.npz")
     (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(BodyModelError, match="not a readable .npz"):
+    with pytest.raises(BodyModelError, match=r"not an .npz correspondence file \(not a zip archive"):
         load_correspondence(tmp_path / "text.npz")
 
 

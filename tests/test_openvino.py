@@ -107,7 +107,7 @@ def test_fp32_matches_onnxruntime(bundle_dir, scenes):
 
 def test_fp32_is_asked_for_explicitly(bundle_dir):
     """OpenVINO's default on a bf16-capable CPU is bf16; fp32 must not silently become it."""
-    specs = read_bundle(bundle_dir).stage("hand")["inputs"]
+    specs = read_bundle(bundle_dir).stage("hand").inputs
     runner = openvino_backend.OpenVinoRunner(bundle_dir / "hand.onnx", precision="fp32", input_specs=specs).activate()
     compiled = runner.compiled["people1"][0]
     assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
@@ -175,7 +175,7 @@ def test_compiled_models_are_cached_per_precision(bundle_dir, tmp_path, caplog):
     hand = bundle_dir / "hand.onnx"
     feeds = {"hand_crops": np.random.default_rng(0).normal(size=(1, 2, 3, 224, 224)).astype(np.float32),
              "hand_starts": np.zeros((1, 2, 109), np.float32)}
-    specs = read_bundle(bundle_dir).stage("hand")["inputs"]
+    specs = read_bundle(bundle_dir).stage("hand").inputs
 
     def runner(precision="fp32"):
         return openvino_backend.OpenVinoRunner(hand, precision=precision, input_specs=specs, cache_dir=tmp_path,

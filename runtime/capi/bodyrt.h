@@ -103,7 +103,7 @@ typedef struct bodyrt_result { uint64_t id; } bodyrt_result;
 
 typedef struct bodyrt_options {
     const char *backend;   /* "onnxruntime" (the default) */
-    int threads;           /* CPU threads per stage, >= 1 (default 2) */
+    int threads;           /* CPU threads per stage, 1 to the CPU count (default 2) */
 } bodyrt_options;
 
 /* ---- library ---------------------------------------------------------------------------- */
