@@ -73,9 +73,9 @@ def test_check_names_where_outputs_diverge(bundle_dir, one_scene_png, capsys):
     bundle = read_bundle(bundle_dir)
     stage = bundle.manifest.stage("body")
     feeds = stage_feeds(bundle_dir, scenes)["body"][0]
-    specs = [{"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype} for spec in stage.inputs]
     expected = OnnxRuntimeRunner(bundle.file(stage.file)).activate().infer(feeds)[name]
-    got = OpenVinoRunner(bundle.file(stage.file), precision="fp32", input_specs=specs).activate().infer(feeds)[name]
+    got = OpenVinoRunner(bundle.file(stage.file), precision="fp32", input_specs=stage.inputs).activate().infer(
+        feeds)[name]
     index = tuple(where["index"])
     assert where["expected"] == pytest.approx(float(expected[index]), abs=1e-6)
     assert where["got"] == pytest.approx(float(got[index]), abs=1e-6)
