@@ -16,7 +16,6 @@ from bodyrt.errors import BackendUnavailableError, BundleError
 from bodyrt.runtime.packages import gpu_extra_hint
 
 
-
 def import_cuda_driver():
     """cuda.bindings.driver, or BackendUnavailableError saying what to install."""
     try:

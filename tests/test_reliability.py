@@ -36,7 +36,8 @@ from PIL import Image
 
 from bodyrt.cli import main
 from bodyrt.errors import ExportError
-from bodyrt.export.out_folder import MARKER_NAME, current_umask, read_marker, write_marker
+from bodyrt.export.out_folder import MARKER_NAME, read_marker, write_marker
+from bodyrt.files import current_umask
 
 
 # ------------------------------------------------------------------------------------------- helpers
