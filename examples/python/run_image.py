@@ -30,7 +30,8 @@ def run_image(bundle, image_path, boxes, out_dir, backend="onnxruntime", threads
         boxes = [[0, 0, width, height]]
     result = pipeline(image, np.asarray(boxes, dtype=np.float32))
     outputs = result.outputs  # name -> array, person first: vertices (N, V, 3) metres, joints (N, J, 3), ...
-    print(f"{image_path}: {len(outputs['vertices'])} people in {sum(result.timings_ms.values()):.0f} ms "
+    count = len(outputs["vertices"])
+    print(f"{image_path}: {count} {'person' if count == 1 else 'people'} in {sum(result.timings_ms.values()):.0f} ms "
           f"({result.info['backend']}, {result.info['precision']})")
 
     out_dir = Path(out_dir)
