@@ -6,9 +6,16 @@
 // does (a static graph runs faster, and the same compiled forms give the same numbers).
 // Precision is explicit: the inference-precision hint is always set (f32 for fp32 and int8, bf16
 // for bf16), so fp32 never silently becomes bf16 on a CPU that has it.
+//
+// Compiled models are cached by OpenVINO itself (its cache_dir property) in
+// $BODYRT_CACHE_DIR/openvino-native, else $XDG_CACHE_HOME/bodyrt/openvino-native, else
+// ~/.cache/bodyrt/openvino-native; OpenVINO keys each entry on the graph, the compile settings, its
+// own version and the device, and an unusable entry is compiled anew. BODYRT_CACHE_DIR=none turns
+// the cache off.
 #include "pipeline.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 
 #include <openvino/openvino.hpp>
@@ -35,6 +42,19 @@ std::string shape_text(const std::vector<int64_t>& shape)
     std::string text = "(";
     for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
     return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+// "" when caching is off or no directory is known.
+std::string cache_dir()
+{
+    const char* root = std::getenv("BODYRT_CACHE_DIR");
+    if (root != nullptr && std::string(root) == "none") return "";
+    if (root != nullptr && *root) return std::string(root) + "/openvino-native";
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    if (xdg != nullptr && *xdg) return std::string(xdg) + "/bodyrt/openvino-native";
+    const char* home = std::getenv("HOME");
+    if (home != nullptr && *home) return std::string(home) + "/.cache/bodyrt/openvino-native";
+    return "";
 }
 
 }  // namespace
@@ -110,6 +130,8 @@ private:
         ov::AnyMap config = {ov::hint::inference_precision(precision_hint(precision_)),
                              ov::inference_num_threads(threads_), ov::num_streams(1),
                              ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
+        std::string cache = cache_dir();
+        if (!cache.empty()) config.emplace(ov::cache_dir.name(), cache);
         auto compiled = std::make_unique<Compiled>();
         compiled->model = core_.compile_model(model, "CPU", config);
         ov::element::Type ran = compiled->model.get_property(ov::hint::inference_precision);
