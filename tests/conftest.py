@@ -140,21 +140,24 @@ def golden_bundle(golden_inputs, tmp_path_factory):
 
 # ---- libbodyrt builds: each kind built at most once per session (the native one takes ~30 s)
 
-@pytest.fixture(scope="session")
-def capi_build(tmp_path_factory):
-    """kind -> the directory of that libbodyrt build, from the documented command, built on first use.
+def build_capi_once(basetemp, kind: str):
+    """The directory of a libbodyrt build from the documented command, under the session's base
+    directory, so that tests/ and benchmarks/ (two conftests, one session) share it.
 
     native: `bodyrt build-capi --out DIR`; embedded: `... --embedded`; sanitize: `... --sanitize`."""
+    from pathlib import Path
+
     from bodyrt.cli import main
 
-    built = {}
+    out = Path(basetemp) / f"capi-{kind}"
+    if not (out / ".complete").is_file():
+        flags = {"native": [], "embedded": ["--embedded"], "sanitize": ["--sanitize"]}[kind]
+        assert main(["build-capi", "--out", str(out), *flags]) == 0
+        (out / ".complete").write_text("")
+    return out
 
-    def build(kind: str):
-        if kind not in built:
-            out = tmp_path_factory.mktemp(f"capi-{kind}")
-            flags = {"native": [], "embedded": ["--embedded"], "sanitize": ["--sanitize"]}[kind]
-            assert main(["build-capi", "--out", str(out), *flags]) == 0
-            built[kind] = out
-        return built[kind]
 
-    return build
+@pytest.fixture(scope="session")
+def capi_build(tmp_path_factory):
+    """kind -> the directory of that libbodyrt build (see build_capi_once), built on first use."""
+    return lambda kind: build_capi_once(tmp_path_factory.getbasetemp(), kind)

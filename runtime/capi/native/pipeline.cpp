@@ -175,14 +175,16 @@ const Tensor& lookup(const std::map<std::string, Tensor>& tensors, const std::st
 
 }  // namespace
 
-Pipeline::Pipeline(const std::string& bundle_dir, const PipelineOptions& options) : manifest_(read_manifest(bundle_dir))
+Pipeline::Pipeline(const std::string& bundle_dir, const PipelineOptions& options)
 {
+    // the options first: they cost nothing to check, the bundle's hashes a second or more
     if (options.backend != "openvino")
         throw BackendUnavailable("unknown backend '" + options.backend +
                                  "'; the native libbodyrt runs 'openvino' (build with --embedded for onnxruntime)");
     const std::string& precision = options.precision;
     if (precision != "fp32" && precision != "bf16" && precision != "int8")
         throw InvalidArgument("options->precision must be fp32, bf16 or int8, got '" + precision + "'");
+    manifest_ = read_manifest(bundle_dir);
     ov::Core& core = shared_core();
     if (precision == "bf16" && !cpu_has_bf16(core))
         throw BackendUnavailable("bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this CPU (" +
