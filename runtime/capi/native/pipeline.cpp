@@ -7,20 +7,30 @@
 // Precision is explicit: the inference-precision hint is always set (f32 for fp32 and int8, bf16
 // for bf16), so fp32 never silently becomes bf16 on a CPU that has it.
 //
-// Compiled models are cached by OpenVINO itself (its cache_dir property) in
-// $BODYRT_CACHE_DIR/openvino-native, else $XDG_CACHE_HOME/bodyrt/openvino-native, else
-// ~/.cache/bodyrt/openvino-native; OpenVINO keys each entry on the graph, the compile settings, its
-// own version and the device, and an unusable entry is compiled anew. BODYRT_CACHE_DIR=none turns
-// the cache off.
+// Compiled models are exported to $BODYRT_CACHE_DIR/openvino-native, else
+// $XDG_CACHE_HOME/bodyrt/openvino-native, else ~/.cache/bodyrt/openvino-native, as
+// <stage>-<key>.blob, the key hashing the graph's sha256 (from the manifest), the precision, the
+// shapes, the thread count, the OpenVINO version and the CPU (name and capabilities), as the Python
+// runner keys its own cache; a hit skips reading the ONNX file altogether. An unreadable blob is
+// compiled anew, an unwritable cache only costs time; BODYRT_CACHE_DIR=none turns it off.
 #include "pipeline.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
+#include <thread>
 
 #include <openvino/openvino.hpp>
 
 #include "errors.h"
+#include "sha256.h"
 
 namespace bodyrt {
 
@@ -57,6 +67,24 @@ std::string cache_dir()
     return "";
 }
 
+// mkdir -p; false if the directory cannot be made.
+bool make_directories(const std::string& path)
+{
+    for (size_t slash = path.find('/', 1); ; slash = path.find('/', slash + 1)) {
+        std::string prefix = path.substr(0, slash);
+        if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) return false;
+        if (slash == std::string::npos) return true;
+    }
+}
+
+std::string machine_identity(ov::Core& core)
+{
+    std::string identity = core.get_property("CPU", ov::device::full_name);
+    for (const std::string& capability : core.get_property("CPU", ov::device::capabilities)) identity += "," + capability;
+    const ov::Version version = ov::get_openvino_version();
+    return identity + ";openvino " + version.buildNumber;
+}
+
 }  // namespace
 
 std::string cpu_name()
@@ -68,10 +96,11 @@ std::string cpu_name()
 // One stage graph on the CPU plugin at one precision.
 class StageRunner {
 public:
-    StageRunner(ov::Core& core, const std::string& path, const StageSpec& spec, const std::string& precision, int threads)
+    StageRunner(ov::Core& core, const std::string& path, const std::string& graph_sha256, const StageSpec& spec,
+                const std::string& precision, int threads)
         : core_(core), path_(path), spec_(spec), precision_(precision), threads_(threads)
     {
-        model_ = core_.read_model(path_);
+        identity_ = graph_sha256 + ";" + precision + ";threads " + std::to_string(threads) + ";" + machine_identity(core);
         compiled_for(1);  // the one-person form, at creation
     }
 
@@ -116,24 +145,42 @@ private:
         bool one = people == 1;
         std::unique_ptr<Compiled>& slot = one ? one_person_ : dynamic_;
         if (slot) return *slot;
-        std::shared_ptr<ov::Model> model = model_;
-        if (one) {
-            model = model_->clone();
-            std::map<std::string, ov::PartialShape> shapes;
-            for (const TensorSpec& input : spec_.inputs) {
-                std::vector<ov::Dimension> dims;
-                for (int64_t dim : input.shape) dims.push_back(dim < 0 ? 1 : dim);
-                shapes[input.name] = ov::PartialShape(dims);
-            }
-            model->reshape(shapes);
+        std::map<std::string, ov::PartialShape> shapes;
+        std::string shape_key = one ? "people1" : "dynamic";
+        for (const TensorSpec& input : spec_.inputs) {
+            std::vector<ov::Dimension> dims;
+            for (int64_t dim : input.shape) dims.push_back(dim < 0 ? (one ? 1 : -1) : dim);
+            shapes[input.name] = ov::PartialShape(dims);
+            shape_key += ";" + input.name + shapes[input.name].to_string();
         }
         ov::AnyMap config = {ov::hint::inference_precision(precision_hint(precision_)),
                              ov::inference_num_threads(threads_), ov::num_streams(1),
                              ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
-        std::string cache = cache_dir();
-        if (!cache.empty()) config.emplace(ov::cache_dir.name(), cache);
         auto compiled = std::make_unique<Compiled>();
-        compiled->model = core_.compile_model(model, "CPU", config);
+        std::string key = identity_ + ";" + shape_key;
+        std::string blob = blob_path(sha256_of_bytes(key.data(), key.size()).substr(0, 24));
+        bool loaded = false;
+        if (!blob.empty()) {
+            std::ifstream stream(blob, std::ios::binary);
+            if (stream) {
+                try {
+                    compiled->model = core_.import_model(stream, "CPU", config);
+                    loaded = true;
+                } catch (const ov::Exception&) {
+                    // unusable (truncated, another build): compile anew and replace it
+                }
+            }
+        }
+        if (!loaded) {
+            if (!model_) model_ = core_.read_model(path_);
+            std::shared_ptr<ov::Model> model = model_;
+            if (one) {
+                model = model_->clone();
+                model->reshape(shapes);
+            }
+            compiled->model = core_.compile_model(model, "CPU", config);
+            if (!blob.empty()) store(compiled->model, blob);
+        }
         ov::element::Type ran = compiled->model.get_property(ov::hint::inference_precision);
         if (ran != precision_hint(precision_))
             throw BackendUnavailable(path_ + ": asked for " + precision_ + ", OpenVINO compiled it for " +
@@ -148,12 +195,37 @@ private:
         return *slot;
     }
 
+    // "" when caching is off or its directory cannot be made.
+    std::string blob_path(const std::string& key) const
+    {
+        std::string directory = cache_dir();
+        if (directory.empty() || !make_directories(directory)) return "";
+        return directory + "/" + spec_.name + "-" + key + ".blob";
+    }
+
+    // Write to a file of this process and thread, then rename: readers never see half a blob.
+    static void store(ov::CompiledModel& compiled, const std::string& blob)
+    {
+        static std::atomic<unsigned> counter{0};
+        std::string partial = blob + "." + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".partial";
+        try {
+            std::ofstream stream(partial, std::ios::binary);
+            if (!stream) return;
+            compiled.export_model(stream);
+            stream.close();
+            if (stream.fail() || std::rename(partial.c_str(), blob.c_str()) != 0) std::remove(partial.c_str());
+        } catch (const ov::Exception&) {
+            std::remove(partial.c_str());
+        }
+    }
+
     ov::Core& core_;
     std::string path_;
     StageSpec spec_;
     std::string precision_;
     int threads_;
-    std::shared_ptr<ov::Model> model_;
+    std::string identity_;              // what a compiled blob depends on, besides the shapes
+    std::shared_ptr<ov::Model> model_;  // read on the first cache miss only
     std::unique_ptr<Compiled> one_person_, dynamic_;
 };
 
@@ -203,7 +275,8 @@ Pipeline::Pipeline(const std::string& bundle_dir, const PipelineOptions& options
                 stage_precision = "bf16";
             }
             runners_[stage.name] =
-                std::make_unique<StageRunner>(core, bundle_dir + "/" + file, stage, stage_precision, options.threads);
+                std::make_unique<StageRunner>(core, bundle_dir + "/" + file, manifest_.files.at(file), stage,
+                                              stage_precision, options.threads);
         }
     } catch (const ov::Exception& error) {
         throw BundleError(bundle_dir + ": OpenVINO could not load a stage graph: " + error.what());
