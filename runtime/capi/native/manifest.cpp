@@ -254,7 +254,6 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify)
             root.fail("files", "must map plain file names to sha256 digests");
         manifest.files[name] = digest.get<std::string>();
     }
-    if (verify) verify_files(manifest, bundle_dir);
 
     manifest.preprocessing = read_preprocessing(root);
     std::vector<std::string> keep_fp32 = root.has("fp32_stages") ? root.strings("fp32_stages") : std::vector<std::string>();
@@ -304,6 +303,8 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify)
             manifest.faces.push_back(vertex.get<int32_t>());
         }
     }
+    // last: a malformed manifest fails in microseconds, not after hashing hundreds of megabytes
+    if (verify) verify_files(manifest, bundle_dir);
     return manifest;
 }
 
