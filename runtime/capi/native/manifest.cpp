@@ -171,8 +171,10 @@ StepSpec read_step(const Reader& root, const json& item, size_t index)
     if (op == "body_crop") {
         step.kind = StepKind::body_crop;
         step.boxes = reader.string("boxes");
-        step.outputs = reader.strings("outputs");
-        if (step.outputs.size() != 2) reader.fail("outputs", "must name the crops and the crop transforms");
+        std::vector<std::string> outputs = reader.strings("outputs");
+        if (outputs.size() != 2) reader.fail("outputs", "must name the crops and the crop transforms");
+        step.crops = outputs[0];
+        step.transforms = outputs[1];
         step.crop_size = int(reader.integer("crop_size", 2));
         step.box_scale = reader.number("box_scale");
         if (!(step.box_scale > 0.0)) reader.fail("box_scale", "must be > 0");
@@ -204,6 +206,8 @@ StepSpec read_step(const Reader& root, const json& item, size_t index)
         step.crop_transforms = reader.string("crop_transforms");
         step.focal_length = reader.number("focal_length");
         step.crop_size = int(reader.integer("crop_size", 1));
+        step.focal_length_output = "focal_length";  // format 1 names them implicitly
+        step.translation_output = "pinhole_translation";
     } else {
         reader.fail("op", "is '" + op + "', which this libbodyrt does not run");
     }

@@ -33,9 +33,9 @@ enum class StepKind { body_crop, part_crops, graph, pinhole };
 struct StepSpec {
     StepKind kind = StepKind::graph;
     std::string name;
-    // body_crop: boxes -> outputs {crops, transforms}; part_crops: boxes -> output
+    // body_crop: boxes -> crops, transforms; part_crops: boxes -> output
     std::string boxes;
-    std::vector<std::string> outputs;
+    std::string crops, transforms;
     std::string output;
     int crop_size = 0;
     double box_scale = 0.0;
@@ -44,9 +44,10 @@ struct StepSpec {
     std::vector<bool> mirror;    // part_crops: per part, flipped horizontally
     // graph
     std::string stage;
-    // pinhole
+    // pinhole: scale, translation, crop_transforms -> focal_length_output, translation_output
     std::string scale, translation, crop_transforms;
     double focal_length = 0.0;
+    std::string focal_length_output, translation_output;
 };
 
 // The image normalisation: value = (pixel / pixel_divisor - mean) / std, RGB order.

@@ -296,8 +296,8 @@ std::map<std::string, Tensor> Pipeline::run(const ImageView& image, const float*
             Tensor crops{{people, 3, step.crop_size, step.crop_size}, {}}, transforms{{people, 3, 3}, {}};
             body_crops(image, boxes.data.data(), people, manifest_.preprocessing, step.crop_size, step.box_scale,
                        crops.data, transforms.data);
-            tensors[step.outputs[0]] = std::move(crops);
-            tensors[step.outputs[1]] = std::move(transforms);
+            tensors[step.crops] = std::move(crops);
+            tensors[step.transforms] = std::move(transforms);
             break;
         }
         case StepKind::part_crops: {
@@ -339,8 +339,8 @@ std::map<std::string, Tensor> Pipeline::run(const ImageView& image, const float*
                 pinhole.data[3 * person + 1] = translation.data[2 * person + 1];
                 pinhole.data[3 * person + 2] = depth;
             }
-            tensors["focal_length"] = std::move(focal);
-            tensors["pinhole_translation"] = std::move(pinhole);
+            tensors[step.focal_length_output] = std::move(focal);
+            tensors[step.translation_output] = std::move(pinhole);
             break;
         }
         }
