@@ -39,6 +39,17 @@ constexpr int MAX_IMAGE_WIDTH = std::numeric_limits<int>::max() / 3;
 
 thread_local char thread_error[1024];
 
+// The int a C caller passed for an enum parameter. C allows any int there (a bad channel order, an
+// output 99); C++ does not allow loading such a value as the enum type, so the bytes are copied.
+template <typename Enum>
+int enum_value(const Enum& value)
+{
+    static_assert(sizeof(Enum) == sizeof(int), "bodyrt.h's enums are int-sized");
+    int raw;
+    std::memcpy(&raw, &value, sizeof raw);
+    return raw;
+}
+
 struct PipelineEntry {
     std::mutex run_mutex;  // held for a whole run, and by destroy
     std::unique_ptr<Pipeline> pipeline;
@@ -215,9 +226,9 @@ extern "C" {
 
 BODYRT_API const char* bodyrt_version(void) { return BODYRT_BUILD_VERSION; }
 
-BODYRT_API const char* bodyrt_status_name(bodyrt_status status)
+BODYRT_API const char* bodyrt_status_name(bodyrt_status status_argument)
 {
-    switch (status) {
+    switch (enum_value(status_argument)) {
     case BODYRT_OK: return "BODYRT_OK";
     case BODYRT_ERROR_INVALID_ARGUMENT: return "BODYRT_ERROR_INVALID_ARGUMENT";
     case BODYRT_ERROR_INVALID_HANDLE: return "BODYRT_ERROR_INVALID_HANDLE";
@@ -326,13 +337,13 @@ BODYRT_API bodyrt_status bodyrt_run(bodyrt_pipeline pipeline, const uint8_t* pix
         if (row_stride > (std::numeric_limits<int64_t>::max() - 3 * int64_t(width)) / height)
             throw InvalidArgument("an image of " + std::to_string(height) + " rows of " + std::to_string(row_stride) +
                                   " bytes is larger than any address space");
-        if (channel_order != BODYRT_RGB && channel_order != BODYRT_BGR)
-            throw InvalidArgument("channel_order " + std::to_string(int(channel_order)) +
-                                  " is neither BODYRT_RGB nor BODYRT_BGR");
+        int order = enum_value(channel_order);
+        if (order != BODYRT_RGB && order != BODYRT_BGR)
+            throw InvalidArgument("channel_order " + std::to_string(order) + " is neither BODYRT_RGB nor BODYRT_BGR");
         require_pointer(boxes, "boxes");
         require_positive(person_count, "person_count");
         require_pointer(result, "result");
-        ImageView image{pixels, width, height, row_stride, channel_order == BODYRT_BGR};
+        ImageView image{pixels, width, height, row_stride, order == BODYRT_BGR};
         std::map<std::string, Tensor> outputs;
         {
             std::lock_guard<std::mutex> lock(entry->run_mutex);
@@ -371,11 +382,11 @@ BODYRT_API bodyrt_status bodyrt_output_shape(bodyrt_result result, bodyrt_output
 {
     return guarded("bodyrt_output_shape", Blame::result, result.id, [&] {
         std::shared_ptr<ResultEntry> held = registry().result(result.id);
-        const Tensor& array = output_of(*held, output);
+        const Tensor& array = output_of(*held, enum_value(output));
         require_pointer(shape, "shape");
         require_pointer(ndim, "ndim");
         if (array.shape.size() > BODYRT_MAX_DIMS)
-            throw BundleError(std::string(OUTPUT_NAMES[output]) + " has more than BODYRT_MAX_DIMS axes");
+            throw BundleError(std::string(OUTPUT_NAMES[enum_value(output)]) + " has more than BODYRT_MAX_DIMS axes");
         for (size_t axis = 0; axis < array.shape.size(); ++axis) shape[axis] = size_t(array.shape[axis]);
         *ndim = array.shape.size();
     });
@@ -386,9 +397,9 @@ BODYRT_API bodyrt_status bodyrt_copy_output(bodyrt_result result, bodyrt_output 
 {
     return guarded("bodyrt_copy_output", Blame::result, result.id, [&] {
         std::shared_ptr<ResultEntry> held = registry().result(result.id);
-        const Tensor& array = output_of(*held, output);
+        const Tensor& array = output_of(*held, enum_value(output));
         copy_array(array.data.data(), array.data.size(), shape_text(array.shape), buffer, capacity, count,
-                   OUTPUT_NAMES[output]);
+                   OUTPUT_NAMES[enum_value(output)]);
     });
 }
 
@@ -397,7 +408,7 @@ BODYRT_API bodyrt_status bodyrt_output_data(bodyrt_result result, bodyrt_output 
 {
     return guarded("bodyrt_output_data", Blame::result, result.id, [&] {
         std::shared_ptr<ResultEntry> held = registry().result(result.id);
-        const Tensor& array = output_of(*held, output);
+        const Tensor& array = output_of(*held, enum_value(output));
         require_pointer(data, "data");
         require_pointer(count, "count");
         *data = array.data.data();
