@@ -63,5 +63,5 @@ def test_stage(benchmark, candidates, candidate, stage):
     else:
         runner = candidates[candidate].runners[stage]
         spec = candidates[candidate].bundle.stage(stage)
-        feeds = {item["name"]: stage_inputs[item["name"]].numpy() for item in spec["inputs"]}
+        feeds = {item.name: stage_inputs[item.name].numpy() for item in spec.inputs}
         run_rounds(benchmark, runner.infer, feeds)

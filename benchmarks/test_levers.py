@@ -32,9 +32,9 @@ def run_rounds(benchmark, function, *args):
 def pipeline_with(bundle_dir, threads=2, **runner_options):
     """The ONNX Runtime pipeline with every stage's runner built with runner_options."""
     pipeline = open_bundle(bundle_dir, threads=threads)
-    for stage in pipeline.manifest["stages"]:
-        pipeline.runners[stage["name"]] = OnnxRuntimeRunner(
-            pipeline.bundle.file(stage["file"]), threads=threads, **runner_options).activate()
+    for stage in pipeline.manifest.stages:
+        pipeline.runners[stage.name] = OnnxRuntimeRunner(
+            pipeline.bundle.file(stage.file), threads=threads, **runner_options).activate()
     return pipeline
 
 
@@ -48,8 +48,8 @@ def stage_feeds(bundle_dir, scene):
     """Every stage's inputs from one run of the default pipeline."""
     pipeline = open_bundle(bundle_dir, threads=2)
     pipeline(*scene)
-    return {stage["name"]: {spec["name"]: pipeline.last_tensors[spec["name"]] for spec in stage["inputs"]}
-            for stage in pipeline.manifest["stages"]}
+    return {stage.name: {spec.name: pipeline.last_tensors[spec.name] for spec in stage.inputs}
+            for stage in pipeline.manifest.stages}
 
 
 @pytest.mark.parametrize("spinning", list(SPINNING))

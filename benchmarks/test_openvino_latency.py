@@ -25,7 +25,7 @@ def openvino_bundle(bundle_dir, demo_files, tmp_path_factory):
     """The session bundle, or in full mode a hard-linked copy of it with an int8 variant."""
     if "int8" not in PRECISIONS:
         return bundle_dir
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.export.quantize import quantize_bundle
     from bodyrt.images import save_png
 
@@ -94,7 +94,7 @@ def test_openvino_stage(benchmark, pipelines, precision, stage):
     pipeline = pipeline_or_skip(pipelines, precision)
     image, boxes = bench_image("720p", 1)
     pipeline(image, boxes)
-    feeds = {spec["name"]: pipeline.last_tensors[spec["name"]] for spec in pipeline.bundle.stage(stage)["inputs"]}
+    feeds = {spec.name: pipeline.last_tensors[spec.name] for spec in pipeline.bundle.stage(stage).inputs}
     benchmark.group = f"openvino stage {stage}"
     benchmark.extra_info["runs_at"] = pipeline.stage_precisions[stage]
     benchmark.pedantic(pipeline.runners[stage].infer, args=(feeds,), rounds=ROUNDS, iterations=1, warmup_rounds=1)

@@ -50,7 +50,7 @@ def open_reference(bundle, reference_files, threads: int):
     """The PyTorch reference of the bundle's architecture (ExPose without a bundle)."""
     from bodyrt.runtime.bundle import read_bundle
 
-    arch = read_bundle(bundle).manifest.get("arch", "expose") if bundle else "expose"
+    arch = read_bundle(bundle).manifest.arch if bundle else "expose"
     if arch == "expose":
         from bodyrt.export.reference import ReferencePipeline
 

@@ -6,17 +6,35 @@ Heavy modules (torch for export, ONNX Runtime for running) are imported inside e
 
 import argparse
 import logging
+import signal
 import sys
 
 from bodyrt import __version__
 from bodyrt.errors import BodyrtError, InputError
+from bodyrt.runtime.manifest import PRECISIONS
+from bodyrt.limits import check_threads, default_threads
+
+
+def thread_count(text: str) -> int:
+    """--threads: a whole number from 1 to this machine's CPU count."""
+    try:
+        return check_threads(int(text), "--threads")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--threads ")) from None
+
+
+def _add_threads(parser, what: str = "CPU threads") -> None:
+    parser.add_argument("--threads", type=thread_count, default=default_threads(),
+                        help=f"{what}, 1 to this machine's CPU count (default: %(default)s)")
 
 
 def _add_demo(commands):
     parser = commands.add_parser(
         "demo", help="generate synthetic models and an untrained checkpoint, export, run and time them")
     parser.add_argument("--out", default="bodyrt-demo", help="output directory (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per stage (default: %(default)s)")
+    _add_threads(parser, "CPU threads per stage")
     parser.set_defaults(handler=_run_demo)
 
 
@@ -34,12 +52,12 @@ def _add_export(commands):
     parser.add_argument("--arch", choices=["expose", "hkmr", "deform-and-learn"], default="expose",
                         help="architecture of the checkpoint (default: %(default)s)")
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced only when complete)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--engine", choices=["onnx", "tensorrt"], default="onnx",
                         help="tensorrt: also build TensorRT engines for this machine's GPU (default: %(default)s)")
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                        help="precision of the GPU graphs and engines; the CPU graphs stay fp32 "
-                             "(default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="precision of the GPU graphs and engines (fp32 or fp16); the CPU graphs stay fp32, "
+                             "bf16 is chosen at run time, int8 by bodyrt quantize (default: %(default)s)")
     parser.set_defaults(handler=_export)
 
 
@@ -66,12 +84,13 @@ def _add_run(commands):
                         help="person box in pixels; repeat for several people (applies to every image); "
                              "default: the whole image")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime, "
                         "openvino, or on a GPU tensorrt or cuda (default: %(default)s)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                        help="fp32 (parity with the reference), bf16 (openvino, CPUs with native bf16) or "
-                             "int8 (needs `bodyrt quantize` first) (default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (parity with the reference), bf16 (openvino, CPUs with native bf16), "
+                             "int8 (needs `bodyrt quantize` first) or fp16 (a GPU backend on a bundle exported "
+                             "with --precision fp16) (default: %(default)s)")
     parser.set_defaults(handler=_run_images)
 
 
@@ -95,12 +114,12 @@ def _add_bench(commands):
     parser.add_argument("--body-model", help="SMPL-X file for --reference")
     parser.add_argument("--backend", action="append", help="runtime backend; repeat for several "
                         "(default: onnxruntime)")
-    parser.add_argument("--precision", action="append", choices=["fp32", "bf16", "int8"],
+    parser.add_argument("--precision", action="append", choices=PRECISIONS,
                         help="precision; repeat for several, each backend runs each it supports "
                              "(default: fp32)")
     parser.add_argument("--persons", type=int, default=1, help="persons per image (default: %(default)s)")
     parser.add_argument("--image-size", default="720p", help="720p, 1080p or 4k (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: %(default)s)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -133,7 +152,7 @@ def _add_quantize(commands):
     parser.add_argument("--calibration", required=True, metavar="FOLDER",
                         help="folder of JPEG/PNG photos, one person each, framed around the person")
     parser.add_argument("--max-images", type=int, default=100, help="use at most this many (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.set_defaults(handler=_quantize)
 
 
@@ -152,11 +171,11 @@ def _add_compare(commands):
                         help="JPEG or PNG files (default: 3 synthetic 720p images)")
     parser.add_argument("--bundle", required=True, help="exported bundle directory")
     parser.add_argument("--backend", default="openvino", help="runtime backend (default: %(default)s)")
-    parser.add_argument("--precision", action="append", choices=["fp32", "bf16", "int8"],
+    parser.add_argument("--precision", action="append", choices=PRECISIONS,
                         help="precision to compare with fp32; repeat (default: bf16 and int8)")
     parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                         help="person box in pixels, for every image; repeat for several (default: whole image)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    _add_threads(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds over the images (default: %(default)s)")
     parser.add_argument("--json", help="write the report to this file")
     parser.set_defaults(handler=_compare)
@@ -183,7 +202,7 @@ def _add_convert(commands):
     smpl.add_argument("--smpl-model", help="SMPL model file; needed when INPUT holds parameters")
     smpl.add_argument("--out", required=True, help=".npz to write, one row per input body")
     smpl.add_argument("--batch-size", type=int, default=16, help="fits optimised together (default: %(default)s)")
-    smpl.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    _add_threads(smpl)
     smpl.set_defaults(handler=_convert_smpl_to_smplx)
 
 
@@ -266,15 +285,55 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(protect_box_numbers(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="bodyrt: %(levelname)s: %(message)s")
+    previous = install_termination_handlers()
     try:
         args.handler(args)
     except BodyrtError as error:
         print(f"bodyrt: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk or a read-only folder met outside the checks: one line, no traceback
+        print(f"bodyrt: error: {error.filename or ''}{': ' if error.filename else ''}"
+              f"{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("bodyrt: interrupted", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"bodyrt: stopped by signal {signal.Signals(stop.signal_number).name}", file=sys.stderr)
+        return 128 + stop.signal_number
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so that every `finally` and cleanup runs
+    (an export removes its staging folder) as it does for Ctrl-C."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"terminated by signal {signal_number}")
+        self.signal_number = signal_number
+
+
+def _raise_terminated(signal_number, frame):
+    raise Terminated(signal_number)
+
+
+def install_termination_handlers() -> dict:
+    """SIGTERM (systemd, Docker, kill) and SIGHUP clean up like SIGINT; returns the previous handlers.
+    Left alone when not in the main thread or when the signal is ignored (nohup)."""
+    import threading
+
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        current = signal.getsignal(number)
+        if current is signal.SIG_IGN:
+            continue
+        previous[number] = signal.signal(number, _raise_terminated)
+    return previous
 
 
 if __name__ == "__main__":

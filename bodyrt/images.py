@@ -1,5 +1,6 @@
 """Reading user images for the CLI: JPEG and PNG to (H, W, 3) uint8 RGB, or a clear InputError."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,10 @@ def load_image(path) -> np.ndarray:
     so boxes are in the coordinates of the image as displayed. Grayscale and palette images are
     expanded to RGB, RGBA and LA lose their alpha channel, 16-bit images are scaled to 8 bits.
     Anything else (CMYK JPEGs aside, which are converted) is rejected. A PNG whose chunk checksums do
-    not match is refused rather than decoded into wrong pixels (JPEG carries no checksum).
+    not match is refused rather than decoded into wrong pixels. JPEG carries no checksum, and Pillow
+    decodes garbled entropy-coded data into wrong pixels without a word; with the `strict-jpeg` extra
+    installed, every JPEG is also decoded by libjpeg-turbo with its warnings turned into errors
+    (see check_jpeg_data).
     """
     import warnings
 
@@ -38,6 +42,8 @@ def load_image(path) -> np.ndarray:
                                      f"(at most {MAX_PIXELS // 1_000_000} million pixels)")
                 if image.format == "PNG":
                     image.verify()  # every chunk's CRC; the file must be opened again to decode it
+                if image.format == "JPEG":
+                    check_jpeg_data(path)
             with Image.open(path) as image:
                 image.load()
                 upright = ImageOps.exif_transpose(image)
@@ -48,6 +54,35 @@ def load_image(path) -> np.ndarray:
         raise InputError(f"{path}: image is too large (over {MAX_PIXELS // 1_000_000} million pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise InputError(f"{path}: not a readable image ({error})") from None
+
+
+_warned_unchecked_jpeg = False
+
+
+def check_jpeg_data(path: Path) -> None:
+    """Decode the JPEG with libjpeg-turbo's warnings as errors ("Corrupt JPEG data: N extraneous bytes",
+    "premature end of data segment", bad Huffman codes): InputError naming the file if there is one.
+
+    Needs the `strict-jpeg` extra (simplejpeg); without it, one warning per process says JPEGs go
+    unchecked."""
+    global _warned_unchecked_jpeg
+    try:
+        import simplejpeg
+    except ImportError:
+        if not _warned_unchecked_jpeg:
+            _warned_unchecked_jpeg = True
+            logging.getLogger("bodyrt").warning(
+                "JPEG files are decoded without a corruption check (garbled data gives wrong pixels "
+                "silently); install the check with: pip install \".[strict-jpeg]\"")
+        return
+    data = path.read_bytes()
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        target = "CMYK" if colorspace in ("CMYK", "YCCK") else "GRAY" if colorspace == "Gray" else "RGB"
+        simplejpeg.decode_jpeg(data, colorspace=target, strict=True)
+    except ValueError as error:
+        raise InputError(f"{path}: corrupted JPEG data ({str(error).strip() or 'decoder error'}); "
+                         "the file is damaged") from None
 
 
 def _to_rgb8(image, path: Path) -> np.ndarray:

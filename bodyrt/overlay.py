@@ -10,15 +10,15 @@ import numpy as np
 MESH_COLOUR = np.array([150, 190, 240], dtype=np.float64)
 
 
-def project_to_image(vertices, camera_scale, camera_translation, crop_transform, crop_size: int = 256):
+def project_to_image(vertices, camera_scale, camera_translation, crop_transform, crop_size: int):
     """(V, 3) model-space metres -> (V, 2) full-image pixels through the weak-perspective camera."""
     crop_pixels = (camera_scale * (vertices[:, :2] + camera_translation) * 0.5 + 0.5) * crop_size
     k = crop_transform[0, 0]
     return (crop_pixels - crop_transform[:2, 2]) / k
 
 
-def render_overlay(image: np.ndarray, outputs: dict, faces: np.ndarray, opacity: float = 0.75,
-                   crop_size: int = 256) -> np.ndarray:
+def render_overlay(image: np.ndarray, outputs: dict, faces: np.ndarray, crop_size: int,
+                   opacity: float = 0.75) -> np.ndarray:
     """image (H, W, 3) uint8 + batched outputs (vertices, camera_*, crop_transforms) -> overlay uint8.
 
     crop_size: side of the body crop the camera refers to (256 ExPose, 224 HKMR, deform-and-learn)."""

@@ -30,13 +30,8 @@ def person_boxes_for(image: np.ndarray, boxes) -> np.ndarray:
 def _open_pipeline(bundle, checkpoint, body_model, threads, backend="onnxruntime", precision="fp32"):
     if bundle:
         from bodyrt.runtime import open_bundle
-        from bodyrt.runtime.gpu import GPU_BACKENDS, open_device_pipeline
 
-        if backend in GPU_BACKENDS:  # engines linked by the crop kernel on one stream; precision is the bundle's
-            if precision != "fp32":
-                raise InputError(f"--precision {precision} is for the CPU backends; a GPU backend runs the "
-                                 "precision its engines were exported with (bodyrt export --precision fp16)")
-            return open_device_pipeline(bundle, backend=backend)
+        # one Pipeline; a GPU backend runs it on the device executor (crop kernel, engines, one stream)
         return open_bundle(bundle, backend=backend, threads=threads, precision=precision)
     from bodyrt.export.reference import ReferencePipeline
 
@@ -103,10 +98,11 @@ def _promised_results(pipeline) -> tuple:
     from bodyrt.runtime.outputs import PARAM_KEYS
 
     manifest = getattr(pipeline, "manifest", None)
-    return tuple(manifest["results"]) if manifest else PARAM_KEYS
+    return tuple(manifest.results) if manifest else PARAM_KEYS
 
 
 def _body_crop_size(pipeline) -> int:
-    """Side of the body crop the weak-perspective camera refers to, from the bundle's body_crop step."""
-    steps = getattr(pipeline, "manifest", {}).get("steps", [])
-    return next((step["crop_size"] for step in steps if step["op"] == "body_crop"), 256)
+    """Side of the body crop the weak-perspective camera refers to, from the bundle's body_crop step
+    (the reference pipeline: its own)."""
+    manifest = getattr(pipeline, "manifest", None)
+    return manifest.body_crop.crop_size if manifest else pipeline.crop_size

@@ -3,14 +3,13 @@
 The bundle holds one ONNX graph per stage (body, hand, face, merge; see bodyrt.export.stages) with
 a dynamic person axis, and manifest.json with everything the runtime needs. Every stage is checked
 against PyTorch on real intermediate tensors before the bundle is written, and the directory is
-swapped in atomically: a failed export leaves no half bundle and keeps the previous one.
+swapped in atomically: a failed export leaves no half bundle and keeps the previous one. Where an
+export may write, and the marker that says a folder is bodyrt's: bodyrt.export.out_folder.
 """
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,8 +20,12 @@ import torch
 import bodyrt
 from bodyrt.errors import ExportError
 from bodyrt.export import layout
+from bodyrt.export.stages import MergeStage
+from bodyrt.export.out_folder import check_out_dir, make_staging, remove_stale_staging, swap_in
 from bodyrt.progress import progress
+from bodyrt.limits import check_threads
 from bodyrt.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, sha256_of
+from bodyrt.runtime.manifest import parse_manifest
 
 log = logging.getLogger("bodyrt")
 
@@ -45,35 +48,42 @@ def stage_specs(pipeline) -> list[dict]:
          "inputs": ["face_crops", "face_starts"], "outputs": ["face_params"]},
         {"name": "merge", "module": pipeline.merge_stage,
          "inputs": ["body_params", "hand_params", "face_params"],
-         "outputs": ["vertices", "joints", "global_orient", "body_pose", "left_hand_pose",
-                     "right_hand_pose", "jaw_pose", "betas", "expression", "camera_scale",
-                     "camera_translation"]},
+         "outputs": list(MergeStage.OUTPUT_NAMES)},
     ]
 
 
+PINHOLE_OUTPUTS = ["focal_length", "pinhole_translation"]
+
+
+def pinhole_step(crop_size: int, name: str = "pinhole") -> dict:
+    """The pinhole conversion of the body camera (the ExPose demo's focal length)."""
+    return {"name": name, "op": "pinhole", "scale": "camera_scale", "translation": "camera_translation",
+            "crop_transforms": "crop_transforms", "focal_length": layout.FOCAL_LENGTH_PX, "crop_size": crop_size,
+            "focal_length_output": PINHOLE_OUTPUTS[0], "translation_output": PINHOLE_OUTPUTS[1]}
+
+
+def body_crop_step(crop_size: int) -> dict:
+    return {"name": "body_crop", "op": "body_crop", "boxes": "person_boxes", "crops": "body_crops",
+            "transforms": "crop_transforms", "crop_size": crop_size, "box_scale": layout.BODY_BOX_SCALE}
+
+
 def expose_steps() -> list[dict]:
-    """The runtime's step list for ExPose: host crops between the stage graphs."""
+    """The runtime's step list for ExPose: host crops between the stage graphs; names are unique."""
     return [
-        {"name": "body_crop", "op": "body_crop", "boxes": "person_boxes",
-         "outputs": ["body_crops", "crop_transforms"],
-         "crop_size": layout.BODY_CROP_SIZE, "box_scale": layout.BODY_BOX_SCALE},
+        body_crop_step(layout.BODY_CROP_SIZE),
         {"name": "body", "op": "graph", "stage": "body"},
-        {"name": "part_crops", "op": "part_crops", "boxes": "part_boxes", "parts": [0, 1],
+        {"name": "hand_crops", "op": "part_crops", "boxes": "part_boxes", "parts": [0, 1],
          "mirror": [False, True], "crop_size": layout.HAND_CROP_SIZE, "output": "hand_crops"},
-        {"name": "part_crops", "op": "part_crops", "boxes": "part_boxes", "parts": [2],
+        {"name": "face_crops", "op": "part_crops", "boxes": "part_boxes", "parts": [2],
          "mirror": [False], "crop_size": layout.FACE_CROP_SIZE, "output": "face_crops"},
         {"name": "hand", "op": "graph", "stage": "hand"},
         {"name": "face", "op": "graph", "stage": "face"},
         {"name": "merge", "op": "graph", "stage": "merge"},
-        {"name": "merge", "op": "pinhole", "scale": "camera_scale", "translation": "camera_translation",
-         "crop_transforms": "crop_transforms", "focal_length": layout.FOCAL_LENGTH_PX,
-         "crop_size": layout.BODY_CROP_SIZE},
+        pinhole_step(layout.BODY_CROP_SIZE),
     ]
 
 
-RESULTS = ["vertices", "joints", "global_orient", "body_pose", "left_hand_pose", "right_hand_pose",
-           "jaw_pose", "betas", "expression", "camera_scale", "camera_translation", "part_boxes",
-           "crop_transforms", "focal_length", "pinhole_translation"]
+RESULTS = [*MergeStage.OUTPUT_NAMES, "part_boxes", "crop_transforms", *PINHOLE_OUTPUTS]
 
 
 def export_onnx(module, sample_inputs: tuple, path: Path, input_names, output_names,
@@ -151,7 +161,6 @@ def manifest_for(pipeline, stage_files: dict, graph_specs: dict, checkpoint, bod
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "arch": "expose",
-        "precision": "fp32",
         # Stages that stay fp32 when bf16 or int8 is asked for: the SMPL-X merge costs ~4 mm of vertex
         # deviation in bf16 for under 1 ms saved (measured with the OpenVINO backend).
         "fp32_stages": ["merge"],
@@ -162,15 +171,7 @@ def manifest_for(pipeline, stage_files: dict, graph_specs: dict, checkpoint, bod
                    "body_model": Path(body_model).name, "body_model_sha256": sha256_of(body_model),
                    "untrained": pipeline.untrained},
         "preprocessing": {"mean": list(layout.IMAGENET_MEAN), "std": list(layout.IMAGENET_STD),
-                          "pixel_scale": 1.0 / 255.0},
-        "parts": [
-            {"name": "right_hand", "crop_size": layout.HAND_CROP_SIZE, "box_scale": layout.HAND_BOX_SCALE,
-             "mirror": False, "joints": layout.RIGHT_HAND_JOINTS},
-            {"name": "left_hand", "crop_size": layout.HAND_CROP_SIZE, "box_scale": layout.HAND_BOX_SCALE,
-             "mirror": True, "joints": layout.LEFT_HAND_JOINTS},
-            {"name": "face", "crop_size": layout.FACE_CROP_SIZE, "box_scale": layout.FACE_BOX_SCALE,
-             "mirror": False, "joints": layout.HEAD_JOINTS},
-        ],
+                          "pixel_scale": layout.PIXEL_SCALE},
         "stages": [{"name": name, "file": stage_files[name], **graph_specs[name]} for name in stage_files],
         "steps": expose_steps(),
         "results": RESULTS,
@@ -196,6 +197,9 @@ def export_bundle(checkpoint, body_model, out_dir, threads: int = 2, arch: str =
     arch "expose" (default) is this module's pipeline; the body-only SMPL architectures ("hkmr",
     "deform-and-learn") are exported by bodyrt.export.smpl_bundle through the same build_bundle.
     """
+    check_threads(threads)
+    out_dir = check_out_dir(out_dir)  # a bad --out fails now, not after minutes of export
+    remove_stale_staging(out_dir)  # what an export killed by SIGKILL left beside it
     if arch != "expose":
         from bodyrt.export.smpl_bundle import export_smpl_bundle
 
@@ -215,9 +219,8 @@ def build_bundle(out_dir, specs: list[dict], samples: dict, threads: int, make_m
     specs: stage_specs-like dicts (name, module, inputs, outputs, optional tolerance); samples: input
     name -> torch tensor; make_manifest(stage_files, graph_specs) -> the manifest dict.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    out_dir = check_out_dir(out_dir)
+    staging = make_staging(out_dir)
     try:
         stage_files, graph_specs = {}, {}
         for spec in progress(specs, label="export"):
@@ -238,22 +241,14 @@ def build_bundle(out_dir, specs: list[dict], samples: dict, threads: int, make_m
             stage_files[name] = path.name
         manifest = make_manifest(stage_files, graph_specs)
         manifest["files"] = {file: sha256_of(staging / file) for file in stage_files.values()}
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest))
+        manifest = parse_manifest(manifest, "exported manifest")  # export writes only what the runtime reads
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_json()))
         swap_in(staging, out_dir)
+    except OSError as error:  # a full disk, a folder made read-only meanwhile: one line naming the file
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"{error.filename or out_dir}: cannot write the bundle "
+                          f"({error.strerror or error})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
-
-
-def swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace out_dir by the complete staging directory; the old bundle survives until then."""
-    if out_dir.exists() and not (out_dir / MANIFEST_NAME).is_file() and any(out_dir.iterdir()):
-        raise ExportError(f"{out_dir}: exists and is not a bodyrt bundle; refusing to replace it")
-    retired = None
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rename(out_dir, retired / "bundle")
-    os.rename(staging, out_dir)
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)

@@ -24,6 +24,7 @@ Correspondence file (.npz), one row per SMPL-X vertex:
 """
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,21 @@ class FitSettings:
 
 # ---------------------------------------------------------------------------------- correspondence
 
+def require_npz(path: Path, error_type, what: str) -> None:
+    """Raise error_type unless path is an .npz (NumPy's zip archive of arrays): a text file or a pickle
+    would otherwise be reported by np.load as pickled data needing allow_pickle."""
+    if not path.exists():
+        raise error_type(f"{path}: no such {what}")
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        kind = "a folder or device" if not path.is_file() else "not a zip archive"
+        raise error_type(f"{path}: not an .npz {what} ({kind}; expected NumPy's .npz archive of arrays, "
+                         "as written by numpy.savez)")
+
+
 def load_correspondence(path) -> Correspondence:
     """Read and check a correspondence .npz; BodyModelError names the file and key at fault."""
     path = Path(path)
+    require_npz(path, BodyModelError, "correspondence file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             entries = {key: archive[key] for key in CORRESPONDENCE_KEYS if key in archive.files}
@@ -204,6 +217,7 @@ def smpl_inputs(path, smpl_model=None) -> tuple[np.ndarray, np.ndarray | None]:
     of joints 0..21 (N, 22, 3) when parameters were given, else None).
     """
     path = Path(path)
+    require_npz(path, InputError, "input file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             entries = {key: archive[key] for key in archive.files}

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from bodyrt.export.backbones import Bottleneck, ResNet
-from bodyrt.export.body_model import SMPL_VERTEX_JOINT_IDS, BodyModelData, skin
+from bodyrt.export.body_model import SMPL_VERTEX_JOINT_IDS, BodyModelData
+from bodyrt.export.skinning import skin
 from bodyrt.export.layout import _slices
 from bodyrt.export.rotations import cross, matrix_to_rot6d, rot6d_to_matrix
 

@@ -13,13 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bodyrt.export import layout
-from bodyrt.export.rotations import axis_angle_to_matrix
-
-DEMO_SEED = 0
+from bodyrt.export.fixtures.scenes import DEMO_SEED, sample_scene
 
 
 def cache_dir() -> Path:
@@ -30,8 +26,8 @@ def cache_dir() -> Path:
 
 def demo_inputs(directory=None, seed: int = DEMO_SEED) -> tuple[Path, Path]:
     """(checkpoint, body model) for the demo and the tests, generated once and cached."""
-    from bodyrt.export.checkpoint import write_random_checkpoint
-    from bodyrt.export.synthetic import smplx_arrays, write_smplx_model
+    from bodyrt.export.fixtures.checkpoints import write_random_checkpoint
+    from bodyrt.export.fixtures.body_models import smplx_arrays, write_smplx_model
 
     directory = Path(directory or cache_dir() / f"demo-seed{seed}")
     directory.mkdir(parents=True, exist_ok=True)
@@ -61,46 +57,6 @@ def demo_bundle(directory=None, seed: int = DEMO_SEED, threads: int = 2) -> Path
         print(f"bodyrt demo: exporting the bundle to {bundle_dir} ...", file=sys.stderr)
         export_bundle(checkpoint, body_model, bundle_dir, threads=threads)
     return bundle_dir
-
-
-def sample_scene(body_model_path, seed: int = DEMO_SEED, size=(720, 1280)):
-    """A synthetic photo: the synthetic person, lightly posed, drawn on a gradient background.
-
-    Returns (image (H, W, 3) uint8, person box (1, 4) pixels).
-    """
-    from bodyrt.export.body_model import BodyModel, load_body_model
-    from bodyrt.overlay import render_overlay
-
-    generator = torch.Generator().manual_seed(seed)
-    model = BodyModel(load_body_model(body_model_path))
-    body_pose = axis_angle_to_matrix(0.15 * torch.randn(1, 21, 3, generator=generator))
-    identity = torch.eye(3).expand(1, 15, 3, 3)
-    global_orient = axis_angle_to_matrix(torch.tensor([[np.pi, 0.0, 0.0]]))  # y down, facing the camera
-    with torch.no_grad():
-        vertices, _ = model(betas=torch.zeros(1, 10), global_orient=global_orient, body_pose=body_pose,
-                            left_hand_pose=identity, right_hand_pose=identity, jaw_pose=torch.eye(3)[None],
-                            expression=torch.zeros(1, 10))
-    vertices = vertices[0].numpy()
-    height, width = size
-    rows = np.linspace(0, 1, height)[:, None, None]
-    cols = np.linspace(0, 1, width)[None, :, None]
-    background = (np.array([70, 90, 110]) + 60 * rows * np.array([1.0, 0.8, 0.5]) + 30 * cols).astype(np.uint8)
-    image = np.broadcast_to(background, (height, width, 3)).copy()
-
-    # Place the person in a box covering most of the image height, left of centre.
-    box = np.array([width * 0.3, height * 0.08, width * 0.55, height * 0.95], dtype=np.float32)
-    centre = (box[:2] + box[2:]) / 2
-    box_size = layout.BODY_BOX_SCALE * float(max(box[2] - box[0], box[3] - box[1]))
-    k = layout.BODY_CROP_SIZE / box_size
-    transform = np.array([[k, 0, layout.BODY_CROP_SIZE * (0.5 - centre[0] / box_size)],
-                          [0, k, layout.BODY_CROP_SIZE * (0.5 - centre[1] / box_size)], [0, 0, 1]])
-    extent = vertices[:, :2].max(axis=0) - vertices[:, :2].min(axis=0)
-    scale = 1.6 / (layout.BODY_BOX_SCALE * float(extent.max()))
-    translation = -(vertices[:, :2].max(axis=0) + vertices[:, :2].min(axis=0)) / 2
-    outputs = {"vertices": vertices[None], "camera_scale": np.array([scale]),
-               "camera_translation": translation[None], "crop_transforms": transform[None]}
-    faces = np.asarray(model.faces, dtype=np.int64)
-    return render_overlay(image, outputs, faces, opacity=1.0), box[None]
 
 
 def _median_timings(runs: list[dict]) -> dict:
@@ -153,7 +109,7 @@ def _bundle_matches(bundle_dir: Path, checkpoint_sha256: str) -> bool:
     from bodyrt.runtime.bundle import read_bundle
 
     try:
-        return read_bundle(bundle_dir).manifest["source"]["checkpoint_sha256"] == checkpoint_sha256
+        return read_bundle(bundle_dir).manifest.source.checkpoint_sha256 == checkpoint_sha256
     except BundleError:
         return False
 
@@ -162,7 +118,7 @@ def _print_table(timings: dict, threads: int, repeats: int) -> None:
     runtime, reference = timings["onnxruntime"], timings["pytorch"]
     print(f"\nmedian latency per stage, ms (1 person, 720p, {threads} threads, {repeats} interleaved runs)")
     print(f"{'stage':<12}{'onnxruntime':>13}{'pytorch':>11}")
-    for name in ["body_crop", "body", "part_crops", "hand", "face", "merge", "total"]:
+    for name in ["body_crop", "body", "hand_crops", "face_crops", "hand", "face", "merge", "pinhole", "total"]:
         ours = runtime.get(name, 0.0)
         theirs = reference.get(name, 0.0)
         print(f"{name:<12}{ours:>13.1f}{theirs:>11.1f}")

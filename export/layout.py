@@ -8,6 +8,7 @@ import math
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PIXEL_SCALE = 1.0 / 255.0  # 8-bit pixels to [0, 1] before the normalisation
 
 BODY_CROP_SIZE = 256
 BODY_BOX_SCALE = 1.2  # body crop side = 1.2 * longer side of the person box

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BodyrtError, InputError
+from bodyrt.export.out_folder import require_own_bundle
 from bodyrt.progress import progress
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
+from bodyrt.runtime.manifest import parse_manifest
 
 log = logging.getLogger("bodyrt")
 
@@ -56,7 +58,7 @@ def collect_stage_inputs(bundle_path, images: list[Path], quantize: list[str], t
     from bodyrt.runtime import open_bundle
 
     pipeline = open_bundle(bundle_path, backend="onnxruntime", threads=threads)
-    inputs = {name: [spec["name"] for spec in pipeline.bundle.stage(name)["inputs"]] for name in quantize}
+    inputs = {name: [spec.name for spec in pipeline.bundle.stage(name).inputs] for name in quantize}
     feeds = {name: [] for name in quantize}
     for path in progress(images, label="calibrate"):
         try:
@@ -126,9 +128,10 @@ def graph_deviation(fp32_path: Path, int8_path: Path, feeds: list[dict], threads
 
 
 def write_manifest(bundle_path: Path, manifest: dict) -> None:
-    """Replace manifest.json atomically."""
+    """Replace manifest.json atomically, after checking it as the runtime will read it."""
+    text = json.dumps(parse_manifest(manifest, f"{bundle_path / MANIFEST_NAME} (new)").to_json())
     with tempfile.NamedTemporaryFile("w", dir=bundle_path, suffix=".partial", delete=False) as stream:
-        stream.write(json.dumps(manifest))
+        stream.write(text)
     os.replace(stream.name, bundle_path / MANIFEST_NAME)
 
 
@@ -140,8 +143,9 @@ def quantize_bundle(bundle_path, calibration_folder, threads: int = 2, max_image
     import onnxruntime
 
     bundle = read_bundle(bundle_path)
+    require_own_bundle(bundle.path)  # the int8 graphs and the manifest are written into this folder
     bundle_path = bundle.path
-    manifest = bundle.manifest
+    manifest = bundle.manifest.to_json()  # edited as JSON, checked again by write_manifest
     if max_images < 1:
         raise InputError(f"--max-images must be at least 1, got {max_images}")
     images = calibration_images(calibration_folder)[:max_images]
@@ -165,7 +169,7 @@ def quantize_bundle(bundle_path, calibration_folder, threads: int = 2, max_image
 
     stages, deviations = {}, {}
     for name in progress(quantize, label="quantize"):
-        source = bundle.file(bundle.stage(name)["file"])
+        source = bundle.file(bundle.stage(name).file)
         target = bundle_path / f"{name}.int8.onnx"
         quantize_graph(source, target, feeds[name])
         deviations[name] = graph_deviation(source, target, feeds[name], threads)

@@ -12,7 +12,6 @@ bodyrt.export.deform_learn name them, an optional DataParallel `module.` prefix 
 """
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,20 +20,20 @@ import numpy as np
 import torch
 
 from bodyrt.errors import BodyModelError, CheckpointError, InputError
-from bodyrt.export import deform_learn, hkmr, layout
+from bodyrt.export import deform_learn, hkmr
 from bodyrt.export.body_model import BodyModel, load_body_model
-from bodyrt.export.bundle import build_bundle, manifest_for, sample_batch
-from bodyrt.export.checkpoint import check_format_header, randomise_, read_checkpoint_file, take_tensor
-from bodyrt.export.reference import ReferenceResult
-from bodyrt.runtime.crops import body_crops
-from bodyrt.runtime.pipeline import pinhole_camera
+from bodyrt.export.bundle import (PINHOLE_OUTPUTS, body_crop_step, build_bundle, manifest_for, pinhole_step,
+                                  sample_batch)
+from bodyrt.export.checkpoint import check_format_header, read_checkpoint_file, take_tensor
+from bodyrt.export.fixtures.checkpoints import randomise_
+from bodyrt.export.reference import PREPROCESSING, ReferenceResult
+from bodyrt.export.torch_executor import TorchStage, reference_manifest, torch_pipeline
 
 log = logging.getLogger("bodyrt")
 
 SMPL_REGRESSOR_FORMAT = "bodyrt-smpl-regressor-weights"
 SMPL_REGRESSOR_FORMAT_VERSION = 1
 PARITY_TOLERANCE = 1e-4  # largest |onnx - torch| of any output: metres, rotation entries, scales
-PINHOLE_OUTPUTS = ["crop_transforms", "focal_length", "pinhole_translation"]
 MODEL_NAMES = {"smpl": "SMPL", "smplx": "SMPL-X"}
 
 
@@ -148,45 +147,34 @@ class SmplRegressorPipeline:
         self.faces = np.asarray(self.body_model_data.arrays["f"], dtype=np.int64)
         self.crop_size = self.arch.input_size
 
-    @torch.inference_mode()
+        stage = TorchStage("body", self.stage, ["body_crops"], list(self.stage.OUTPUT_NAMES))
+        self.manifest = reference_manifest(
+            self.arch.name, [stage], smpl_steps(self.crop_size),
+            [*self.stage.OUTPUT_NAMES, "crop_transforms", *PINHOLE_OUTPUTS],
+            PREPROCESSING, self.faces, int(self.body_model_data.arrays["v_template"].shape[0]), "smpl",
+            checkpoint_path, body_model_path, self.untrained)
+        self.pipeline = torch_pipeline(self.manifest, [stage])
+
     def __call__(self, image: np.ndarray, person_boxes) -> ReferenceResult:
-        timings, clock = {}, time.perf_counter()
-        person_boxes = np.asarray(person_boxes, dtype=np.float32).reshape(-1, 4)
-        crops, transforms = body_crops(image, person_boxes, layout.IMAGENET_MEAN, layout.IMAGENET_STD,
-                                       crop_size=self.crop_size, scale=layout.BODY_BOX_SCALE)
-        timings["body_crop"], clock = (time.perf_counter() - clock) * 1000.0, time.perf_counter()
-        crops = torch.from_numpy(crops)
-        values = self.stage(crops)
-        timings["body"], clock = (time.perf_counter() - clock) * 1000.0, time.perf_counter()
-        self.last_intermediates = {"body_crops": crops}
-        outputs = {name: value.numpy() for name, value in zip(self.stage.OUTPUT_NAMES, values)}
-        outputs["crop_transforms"] = transforms
-        outputs.update(pinhole_camera(outputs["camera_scale"], outputs["camera_translation"], transforms,
-                                      layout.FOCAL_LENGTH_PX, self.crop_size))
-        timings["camera"] = (time.perf_counter() - clock) * 1000.0
-        return ReferenceResult(outputs=outputs, timings_ms=timings)
+        """The manifest's steps (body crop, the stage, pinhole) on the torch executor."""
+        result = self.pipeline(image, person_boxes)
+        self.last_intermediates = {"body_crops": self.pipeline.executor.tensors_torch["body_crops"]}
+        return result
 
 
 # --------------------------------------------------------------------------------------- the bundle
 
 def smpl_steps(crop_size: int) -> list[dict]:
     """The runtime's steps: body crop, the one graph, the pinhole conversion."""
-    return [
-        {"name": "body_crop", "op": "body_crop", "boxes": "person_boxes",
-         "outputs": ["body_crops", "crop_transforms"], "crop_size": crop_size,
-         "box_scale": layout.BODY_BOX_SCALE},
-        {"name": "body", "op": "graph", "stage": "body"},
-        {"name": "camera", "op": "pinhole", "scale": "camera_scale", "translation": "camera_translation",
-         "crop_transforms": "crop_transforms", "focal_length": layout.FOCAL_LENGTH_PX, "crop_size": crop_size},
-    ]
+    return [body_crop_step(crop_size), {"name": "body", "op": "graph", "stage": "body"}, pinhole_step(crop_size)]
 
 
 def smpl_manifest(pipeline: SmplRegressorPipeline, stage_files: dict, graph_specs: dict, checkpoint,
                   body_model) -> dict:
     """The common manifest (manifest_for) with this architecture's arch, steps, results and mesh."""
     manifest = manifest_for(pipeline, stage_files, graph_specs, checkpoint, body_model)
-    manifest.update(arch=pipeline.arch.name, parts=[], steps=smpl_steps(pipeline.crop_size),
-                    results=[*pipeline.stage.OUTPUT_NAMES, *PINHOLE_OUTPUTS])
+    manifest.update(arch=pipeline.arch.name, fp32_stages=[], steps=smpl_steps(pipeline.crop_size),
+                    results=[*pipeline.stage.OUTPUT_NAMES, "crop_transforms", *PINHOLE_OUTPUTS])
     manifest["mesh"]["model"] = "smpl"
     return manifest
 

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BodyrtError, ExportError, InputError
+from bodyrt.export.out_folder import require_own_bundle
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
+from bodyrt.runtime.manifest import parse_manifest
 
 log = logging.getLogger("bodyrt")
 
@@ -206,7 +208,7 @@ def crop_inputs(manifest: dict) -> set:
     names = set()
     for step in manifest["steps"]:
         if step["op"] == "body_crop":
-            names.add(step["outputs"][0])
+            names.add(step["crops"])
         elif step["op"] == "part_crops":
             names.add(step["output"])
     return names
@@ -328,6 +330,12 @@ def check_gpu_export(engine: str, precision: str, probe: bool = True):
     """
     if engine not in ENGINES:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if precision == "bf16":
+        raise InputError("--precision bf16 is not an export precision: the exported graphs are fp32 and bf16 is "
+                         "chosen at run time (bodyrt run --backend openvino --precision bf16)")
+    if precision == "int8":
+        raise InputError("--precision int8 is not an export precision: make the int8 variant of an exported "
+                         "bundle with bodyrt quantize --bundle BUNDLE --calibration IMAGE_FOLDER")
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if engine == "tensorrt" and probe:
@@ -373,7 +381,8 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
     failed build leaves the bundle as it was.
     """
     bundle = read_bundle(bundle_dir)
-    manifest = bundle.manifest
+    require_own_bundle(bundle.path)  # GPU graphs, engines and the manifest are written into this folder
+    manifest = bundle.manifest.to_json()  # edited as JSON, checked by parse_manifest before it is written
     old_gpu = manifest.pop("gpu", {})
     precision = precision or old_gpu.get("precision", "fp32")
     stage_files = {stage["file"] for stage in manifest["stages"]}
@@ -386,7 +395,8 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
         new_files = add_gpu_artefacts(bundle.path, staging, manifest, engine, precision, max_people, platform)
         for file in new_files:
             os.replace(staging / file, bundle.path / file)
-        _save_atomically(bundle.path / MANIFEST_NAME, json.dumps(manifest).encode())
+        text = json.dumps(parse_manifest(manifest, f"{bundle.path / MANIFEST_NAME} (new)").to_json())
+        _save_atomically(bundle.path / MANIFEST_NAME, text.encode())
         for file in old_files - set(new_files):
             (bundle.path / file).unlink(missing_ok=True)
     finally:

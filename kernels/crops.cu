@@ -7,7 +7,8 @@
 //
 // Source image: uint8, interleaved H x W x 3, RGB or BGR (bgr != 0), `pitch` bytes between rows.
 // Output: NCHW, channels in RGB order, float32 (*_f32) or IEEE half bits (*_f16).
-// mean_* and std_* are the normalisation constants in RGB order: value = (pixel/255 - mean) / std.
+// mean_* and std_* are the normalisation constants in RGB order, pixel_divisor the bundle's pixel scale
+// inverted (255 for 8-bit images): value = (pixel / pixel_divisor - mean) / std.
 //
 // One thread per output pixel, computing its three channels: threads (x, y) of the grid are crop
 // column and row, blockIdx.z is the crop. Any block shape works; bodyrt.kernels.launch uses (32, 8, 1)
@@ -41,9 +42,9 @@ __host__ __device__ inline Taps taps_with_zero_outside(int first, float fraction
 }
 
 __host__ __device__ inline float unit_pixel(const unsigned char* image, long long pitch, int row, int column,
-                                            int source_channel)
+                                            int source_channel, float divisor)
 {
-    return (float)image[row * pitch + column * 3 + source_channel] / 255.0f;
+    return (float)image[row * pitch + column * 3 + source_channel] / divisor;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -65,12 +66,12 @@ __host__ __device__ inline Taps part_crop_taps(double position, int length)
 
 // Zero padding in normalised space: each tap is normalised first, so an outside tap adds 0, not -mean/std.
 __host__ __device__ inline float part_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float std)
+                                                 int source_channel, float mean, float std, float divisor)
 {
-    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel) - mean) / std;
-    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel) - mean) / std;
-    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel) - mean) / std;
-    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel) - mean) / std;
+    float top_left = (unit_pixel(image, pitch, rows.first, columns.first, source_channel, divisor) - mean) / std;
+    float top_right = (unit_pixel(image, pitch, rows.first, columns.second, source_channel, divisor) - mean) / std;
+    float bottom_left = (unit_pixel(image, pitch, rows.second, columns.first, source_channel, divisor) - mean) / std;
+    float bottom_right = (unit_pixel(image, pitch, rows.second, columns.second, source_channel, divisor) - mean) / std;
     float top = columns.first_weight * top_left + columns.second_weight * top_right;
     float bottom = columns.first_weight * bottom_left + columns.second_weight * bottom_right;
     return rows.first_weight * top + rows.second_weight * bottom;
@@ -133,12 +134,16 @@ __host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rec
 
 // Zero padding before normalisation: outside taps add 0 to the [0, 1] value, which is then normalised.
 __host__ __device__ inline float body_crop_value(const unsigned char* image, long long pitch, Taps rows, Taps columns,
-                                                 int source_channel, float mean, float std)
+                                                 int source_channel, float mean, float std, float divisor)
 {
-    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel) * columns.first_weight
-              + unit_pixel(image, pitch, rows.first, columns.second, source_channel) * columns.second_weight;
-    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel) * columns.first_weight
-                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel) * columns.second_weight;
+    float top = unit_pixel(image, pitch, rows.first, columns.first, source_channel, divisor)
+                  * columns.first_weight
+              + unit_pixel(image, pitch, rows.first, columns.second, source_channel, divisor)
+                  * columns.second_weight;
+    float bottom = unit_pixel(image, pitch, rows.second, columns.first, source_channel, divisor)
+                     * columns.first_weight
+                 + unit_pixel(image, pitch, rows.second, columns.second, source_channel, divisor)
+                     * columns.second_weight;
     return (top * rows.first_weight + bottom * rows.second_weight - mean) / std;
 }
 
@@ -185,6 +190,7 @@ __device__ inline void store_pixel(Out* pixel, long long plane, float red, float
 template <typename Out>
 __device__ void cut_part_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                float mean_r, float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                               float pixel_divisor,
                                const float* part_boxes, int boxes_per_person, int first_part, int parts_per_person,
                                unsigned int mirror_mask, int crop_size, Out* out)
 {
@@ -206,9 +212,9 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
     int column = (mirror_mask >> part) & 1u ? crop_size - 1 - u : u;
     Taps columns = part_crop_taps(part_crop_position(centre_x, size, column, crop_size), width);
     Taps rows = part_crop_taps(part_crop_position(centre_y, size, v, crop_size), height);
-    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r),
-                part_crop_value(image, pitch, rows, columns, 1, mean_g, std_g),
-                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b));
+    store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r, pixel_divisor),
+                part_crop_value(image, pitch, rows, columns, 1, mean_g, std_g, pixel_divisor),
+                part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b, pixel_divisor));
 }
 
 // person_boxes (people, 4) x0, y0, x1, y1 full-image pixels -> out (people, 3, n, n) and transforms
@@ -217,6 +223,7 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
 template <typename Out>
 __device__ void cut_body_crops(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                float mean_r, float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                               float pixel_divisor,
                                const float* person_boxes, double box_scale, int crop_size, Out* out,
                                float* transforms)
 {
@@ -235,9 +242,9 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
     }
     Taps columns = body_crop_taps(u, crop_size, rect.left, rect.width, width);
     Taps rows = body_crop_taps(v, crop_size, rect.top, rect.height, height);
-    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r),
-                body_crop_value(image, pitch, rows, columns, 1, mean_g, std_g),
-                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b));
+    store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r, pixel_divisor),
+                body_crop_value(image, pitch, rows, columns, 1, mean_g, std_g, pixel_divisor),
+                body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b, pixel_divisor));
 }
 
 // The entry points, extern "C" for cuModuleGetFunction. bodyrt.kernels.launch.KERNEL_PARAMETERS lists
@@ -245,41 +252,41 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
 
 extern "C" __global__ void part_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* part_boxes, int boxes_per_person, int first_part,
                                           int parts_per_person, unsigned int mirror_mask, int crop_size, float* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, part_boxes,
-                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   part_boxes, boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void part_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* part_boxes, int boxes_per_person, int first_part,
                                           int parts_per_person, unsigned int mirror_mask, int crop_size,
                                           unsigned short* out)
 {
-    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, part_boxes,
-                   boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
+    cut_part_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   part_boxes, boxes_per_person, first_part, parts_per_person, mirror_mask, crop_size, out);
 }
 
 extern "C" __global__ void body_crops_f32(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* person_boxes, double box_scale, int crop_size, float* out,
                                           float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, person_boxes,
-                   box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   person_boxes, box_scale, crop_size, out, transforms);
 }
 
 extern "C" __global__ void body_crops_f16(const unsigned char* image, int height, int width, long long pitch, int bgr,
                                           float mean_r, float mean_g, float mean_b,
-                                          float std_r, float std_g, float std_b,
+                                          float std_r, float std_g, float std_b, float pixel_divisor,
                                           const float* person_boxes, double box_scale, int crop_size,
                                           unsigned short* out, float* transforms)
 {
-    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, person_boxes,
-                   box_scale, crop_size, out, transforms);
+    cut_body_crops(image, height, width, pitch, bgr, mean_r, mean_g, mean_b, std_r, std_g, std_b, pixel_divisor,
+                   person_boxes, box_scale, crop_size, out, transforms);
 }

@@ -22,8 +22,8 @@ static void launch_part_crops(Kernel kernel, dim3 grid, dim3 block, void** p)
         kernel(argument<const unsigned char*>(p, 0), argument<int>(p, 1), argument<int>(p, 2),
                argument<long long>(p, 3), argument<int>(p, 4), argument<float>(p, 5), argument<float>(p, 6),
                argument<float>(p, 7), argument<float>(p, 8), argument<float>(p, 9), argument<float>(p, 10),
-               argument<const float*>(p, 11), argument<int>(p, 12), argument<int>(p, 13), argument<int>(p, 14),
-               argument<unsigned int>(p, 15), argument<int>(p, 16), argument<Out*>(p, 17));
+               argument<float>(p, 11), argument<const float*>(p, 12), argument<int>(p, 13), argument<int>(p, 14),
+               argument<int>(p, 15), argument<unsigned int>(p, 16), argument<int>(p, 17), argument<Out*>(p, 18));
     });
 }
 
@@ -34,8 +34,8 @@ static void launch_body_crops(Kernel kernel, dim3 grid, dim3 block, void** p)
         kernel(argument<const unsigned char*>(p, 0), argument<int>(p, 1), argument<int>(p, 2),
                argument<long long>(p, 3), argument<int>(p, 4), argument<float>(p, 5), argument<float>(p, 6),
                argument<float>(p, 7), argument<float>(p, 8), argument<float>(p, 9), argument<float>(p, 10),
-               argument<const float*>(p, 11), argument<double>(p, 12), argument<int>(p, 13),
-               argument<Out*>(p, 14), argument<float*>(p, 15));
+               argument<float>(p, 11), argument<const float*>(p, 12), argument<double>(p, 13), argument<int>(p, 14),
+               argument<Out*>(p, 15), argument<float*>(p, 16));
     });
 }
 

@@ -45,8 +45,8 @@ def _image_view(image) -> np.ndarray:
     return image
 
 
-def host_part_crops(image, part_boxes, parts, mirror, crop_size: int, mean, std, channel_order: str = "rgb",
-                    dtype=np.float32) -> np.ndarray:
+def host_part_crops(image, part_boxes, parts, mirror, crop_size: int, mean, std, pixel_scale: float,
+                    channel_order: str = "rgb", dtype=np.float32) -> np.ndarray:
     """part_crops_f32 / part_crops_f16 on the CPU.
 
     image (H, W, 3) uint8, any row pitch; part_boxes (N, B, 3) cx, cy, S full-image pixels (the body
@@ -61,13 +61,13 @@ def host_part_crops(image, part_boxes, parts, mirror, crop_size: int, mean, std,
     out = np.empty((boxes.shape[0] * len(parts), 3, crop_size, crop_size), dtype=np.dtype(dtype))
     height, width, _ = image.shape
     launch = part_crops_launch(image.ctypes.data, height, width, image.strides[0], channel_order, mean, std,
-                               boxes.ctypes.data, boxes.shape[0], boxes.shape[1], parts, mirror, crop_size,
+                               pixel_scale, boxes.ctypes.data, boxes.shape[0], boxes.shape[1], parts, mirror, crop_size,
                                out.ctypes.data, out.dtype)
     host_launch(launch)
     return out
 
 
-def host_body_crops(image, person_boxes, mean, std, crop_size: int = 256, scale: float = 1.2,
+def host_body_crops(image, person_boxes, mean, std, crop_size: int, scale: float, pixel_scale: float,
                     channel_order: str = "rgb", dtype=np.float32, check_boxes: bool = True):
     """body_crops_f32 / body_crops_f16 on the CPU.
 
@@ -86,7 +86,7 @@ def host_body_crops(image, person_boxes, mean, std, crop_size: int = 256, scale:
     out = np.empty((len(boxes), 3, crop_size, crop_size), dtype=np.dtype(dtype))
     transforms = np.empty((len(boxes), 3, 3), dtype=np.float32)
     launch = body_crops_launch(image.ctypes.data, height, width, image.strides[0], channel_order, mean, std,
-                               boxes.ctypes.data, len(boxes), scale, crop_size, out.ctypes.data,
+                               pixel_scale, boxes.ctypes.data, len(boxes), scale, crop_size, out.ctypes.data,
                                transforms.ctypes.data, out.dtype)
     host_launch(launch)
     return out, transforms

@@ -5,9 +5,10 @@ order the CPU tests check is the one the GPU gets. Addresses are plain ints: dev
 GPU, host pointers for the host build. With cuda-python:
 
     launch = part_crops_launch(image=frame_ptr, height=720, width=1280, pitch=3 * 1280, channel_order="bgr",
-                               mean=manifest_mean, std=manifest_std, part_boxes=part_boxes_ptr, people=n,
-                               boxes_per_person=3, parts=step["parts"], mirror=step["mirror"],
-                               crop_size=step["crop_size"], out=hand_input_ptr, dtype="float16")
+                               mean=manifest_mean, std=manifest_std, pixel_scale=manifest_pixel_scale,
+                               part_boxes=part_boxes_ptr, people=n,
+                               boxes_per_person=3, parts=step.parts, mirror=step.mirror,
+                               crop_size=step.crop_size, out=hand_input_ptr, dtype="float16")
     params = launch.kernel_params()        # keep alive until cuLaunchKernel returns
     driver.cuLaunchKernel(functions[launch.kernel], *launch.grid, *launch.block,
                           launch.shared_memory_bytes, stream, ctypes.addressof(params), 0)
@@ -33,6 +34,7 @@ _IMAGE_PARAMETERS = (
     ("bgr", ctypes.c_int),               # 0: RGB source, 1: BGR source
     ("mean_r", ctypes.c_float), ("mean_g", ctypes.c_float), ("mean_b", ctypes.c_float),
     ("std_r", ctypes.c_float), ("std_g", ctypes.c_float), ("std_b", ctypes.c_float),
+    ("pixel_divisor", ctypes.c_float),   # 1 / the manifest's preprocessing.pixel_scale
 )
 _PART_PARAMETERS = _IMAGE_PARAMETERS + (
     ("part_boxes", ctypes.c_void_p),     # const float*, (people, boxes_per_person, 3) cx, cy, S
@@ -89,7 +91,8 @@ def _output_suffix(dtype) -> str:
     raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
 
 
-def _image_arguments(image: int, height: int, width: int, pitch: int, channel_order: str, mean, std) -> list:
+def _image_arguments(image: int, height: int, width: int, pitch: int, channel_order: str, mean, std,
+                     pixel_scale: float) -> list:
     if height < 1 or width < 1 or pitch < 3 * width:
         raise InputError(f"image of {height}x{width} pixels needs height, width >= 1 and pitch >= 3*width bytes, "
                          f"got pitch {pitch}")
@@ -98,7 +101,9 @@ def _image_arguments(image: int, height: int, width: int, pitch: int, channel_or
     mean, std = [float(value) for value in mean], [float(value) for value in std]
     if len(mean) != 3 or len(std) != 3 or not all(value > 0 for value in std):
         raise InputError(f"mean and std must be 3 numbers each with std > 0, got mean={mean}, std={std}")
-    return [image, height, width, pitch, int(channel_order == "bgr"), *mean, *std]
+    if not pixel_scale > 0:
+        raise InputError(f"pixel_scale must be positive, got {pixel_scale}")
+    return [image, height, width, pitch, int(channel_order == "bgr"), *mean, *std, 1.0 / float(pixel_scale)]
 
 
 def _pack(kernel: str, values: list) -> tuple:
@@ -106,7 +111,8 @@ def _pack(kernel: str, values: list) -> tuple:
 
 
 def part_crops_launch(image: int, height: int, width: int, pitch: int, channel_order: str, mean, std,
-                      part_boxes: int, people: int, boxes_per_person: int, parts, mirror, crop_size: int,
+                      pixel_scale: float, part_boxes: int, people: int, boxes_per_person: int, parts, mirror,
+                      crop_size: int,
                       out: int, dtype="float32") -> KernelLaunch:
     """The launch cutting crops of `parts` (consecutive part indices, e.g. the manifest step's [0, 1])
     for every person, straight from the body engine's part_boxes (people, boxes_per_person, 3).
@@ -124,13 +130,14 @@ def part_crops_launch(image: int, height: int, width: int, pitch: int, channel_o
                          f"{people}, {boxes_per_person}")
     kernel = "part_crops_" + _output_suffix(dtype)
     mirror_mask = sum(1 << part for part, flag in zip(parts, mirror) if flag)
-    values = _image_arguments(image, height, width, pitch, channel_order, mean, std) + [
+    values = _image_arguments(image, height, width, pitch, channel_order, mean, std, pixel_scale) + [
         part_boxes, boxes_per_person, parts[0], len(parts), mirror_mask, crop_size, out]
     return KernelLaunch(kernel, crop_grid(crop_size, people * len(parts)), CROP_BLOCK, _pack(kernel, values))
 
 
 def body_crops_launch(image: int, height: int, width: int, pitch: int, channel_order: str, mean, std,
-                      person_boxes: int, people: int, box_scale: float, crop_size: int, out: int, transforms: int,
+                      pixel_scale: float, person_boxes: int, people: int, box_scale: float, crop_size: int, out: int,
+                      transforms: int,
                       dtype="float32") -> KernelLaunch:
     """The launch cutting every person's body crop and writing its crop transform.
 
@@ -142,6 +149,6 @@ def body_crops_launch(image: int, height: int, width: int, pitch: int, channel_o
         raise InputError(f"crop_size and people must be >= 1 and box_scale > 0; got {crop_size}, {people}, "
                          f"{box_scale}")
     kernel = "body_crops_" + _output_suffix(dtype)
-    values = _image_arguments(image, height, width, pitch, channel_order, mean, std) + [
+    values = _image_arguments(image, height, width, pitch, channel_order, mean, std, pixel_scale) + [
         person_boxes, float(box_scale), crop_size, out, transforms]
     return KernelLaunch(kernel, crop_grid(crop_size, people), CROP_BLOCK, _pack(kernel, values))

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bodyrt.errors import BundleError
+from bodyrt.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, parse_manifest
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_NAME = "bodyrt-bundle"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_NAME", "Bundle", "read_bundle", "sha256_of"]
 
 
 def sha256_of(path) -> str:
@@ -27,16 +27,16 @@ def sha256_of(path) -> str:
 
 @dataclass
 class Bundle:
-    """A verified bundle: its directory and parsed manifest."""
+    """A verified bundle: its directory and typed manifest (bodyrt.runtime.manifest)."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
-    def stage(self, name: str) -> dict:
-        for stage in self.manifest["stages"]:
-            if stage["name"] == name:
-                return stage
-        raise BundleError(f"{self.path / MANIFEST_NAME}: no stage named {name!r}")
+    def stage(self, name: str):
+        try:
+            return self.manifest.stage(name)
+        except BundleError as error:
+            raise BundleError(f"{self.path / MANIFEST_NAME}: {error}") from None
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -54,13 +54,8 @@ def read_bundle(path, verify_hashes: bool = True) -> Bundle:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise BundleError(f"{manifest_path}: not a bodyrt bundle manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{manifest_path}: bundle format version {version}, this bodyrt reads version "
-                          f"{FORMAT_VERSION}; re-export the bundle with this bodyrt")
-    for name, expected in manifest.get("files", {}).items():
+    manifest = parse_manifest(manifest, str(manifest_path))
+    for name, expected in manifest.files.items():
         file_path = path / name
         if not file_path.is_file():
             raise BundleError(f"{file_path}: listed in the manifest but missing")

@@ -91,8 +91,10 @@ def body_crop_taps(crop_size: int, rect_origin: int, rect_length: int, length: i
     return _zero_outside(rect_origin + first, fraction, length)
 
 
-def _weighted_taps(image, channels, rows, row_weights, columns, column_weights, mean=None, std=None):
-    """Bilinear samples of the [0, 1] image -> (3, n, m) float32, RGB order.
+def _weighted_taps(image, channels, rows, row_weights, columns, column_weights, mean=None, std=None, *,
+                   pixel_scale: float):
+    """Bilinear samples of the image times pixel_scale (the manifest's; [0, 1] for 8-bit images) -> (3, n, m)
+    float32, RGB order.
 
     rows (n, 2) and columns (m, 2) are image indices with their weights (outside taps weigh 0).
     With mean and std (3,), each tap is normalised before it is weighted (part crops). The sums run
@@ -102,8 +104,8 @@ def _weighted_taps(image, channels, rows, row_weights, columns, column_weights, 
     first, last = int(rows.min()), int(rows.max())
     window = image[first:last + 1]
     rows = rows - first
-    left = window.take(columns[:, 0], axis=1)[..., channels].astype(np.float32) / np.float32(255.0)
-    right = window.take(columns[:, 1], axis=1)[..., channels].astype(np.float32) / np.float32(255.0)
+    left = window.take(columns[:, 0], axis=1)[..., channels].astype(np.float32) / np.float32(1.0 / pixel_scale)
+    right = window.take(columns[:, 1], axis=1)[..., channels].astype(np.float32) / np.float32(1.0 / pixel_scale)
     if mean is not None:
         left, right = (left - mean) / std, (right - mean) / std
     across = left * column_weights[None, :, 0, None] + right * column_weights[None, :, 1, None]  # (rows, m, 3)
@@ -132,7 +134,8 @@ def check_part_boxes(centres, sizes, mirror):
     return centres, sizes, mirror
 
 
-def part_crops(image, centres, sizes, crop_size: int, mirror, mean, std, channel_order: str = "rgb") -> np.ndarray:
+def part_crops(image, centres, sizes, crop_size: int, mirror, mean, std, channel_order: str = "rgb", *,
+               pixel_scale: float) -> np.ndarray:
     """Bilinear square crops of the normalised image, zero outside it (grid_sample, align_corners=True).
 
     image (H, W, 3) uint8, any strides; centres (K, 2) and sizes (K,) full-image pixels; crop_size n
@@ -158,7 +161,7 @@ def part_crops(image, centres, sizes, crop_size: int, mirror, mean, std, channel
         columns, column_weights = part_crop_taps(xs, width)
         # Zero padding in normalised space: normalise the taps, then outside taps weigh nothing.
         crops[index] = _weighted_taps(image, channels, rows, row_weights, columns, column_weights,
-                                      mean.reshape(3), std.reshape(3))
+                                      mean.reshape(3), std.reshape(3), pixel_scale=pixel_scale)
     return crops
 
 
@@ -216,7 +219,8 @@ def body_crop_transform(centre, size: float, crop_size: int) -> np.ndarray:
     return transform.astype(np.float32)
 
 
-def body_crops(image, boxes, mean, std, crop_size: int = 256, scale: float = 1.2, channel_order: str = "rgb"):
+def body_crops(image, boxes, mean, std, crop_size: int, scale: float, channel_order: str = "rgb", *,
+               pixel_scale: float):
     """The body network's input crops and their crop transforms.
 
     image (H, W, 3) uint8, any strides; boxes (N, 4) x0, y0, x1, y1 full-image pixels; mean, std (3,).
@@ -236,6 +240,7 @@ def body_crops(image, boxes, mean, std, crop_size: int = 256, scale: float = 1.2
         rows, row_weights = body_crop_taps(crop_size, top, rect_height, height)
         columns, column_weights = body_crop_taps(crop_size, left, rect_width, width)
         # Zero padding before normalisation: interpolate the [0, 1] pixels, then normalise.
-        crops[index] = (_weighted_taps(image, channels, rows, row_weights, columns, column_weights) - mean) / std
+        crops[index] = (_weighted_taps(image, channels, rows, row_weights, columns, column_weights,
+                                       pixel_scale=pixel_scale) - mean) / std
         transforms[index] = body_crop_transform(centre, size, crop_size)
     return crops, transforms

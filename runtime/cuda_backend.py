@@ -5,14 +5,14 @@ or cuDNN libraries, no GPU) does not fail: it runs on the CPU. Every session is 
 with get_providers() right after creation and a fallback is reported as BackendUnavailableError,
 never passed off as GPU.
 
-On the device (DevicePipeline) the graphs run with IO binding on preallocated device buffers, on the
+On the device (the device executor) the graphs run with IO binding on preallocated device buffers, on the
 pipeline's stream (user_compute_stream), without a synchronisation at the end of each run.
 """
 
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError
-from bodyrt.runtime.gpu import GPU_EXTRA_HINT, bundle_of, gpu_graph, per_person_shape
+from bodyrt.runtime.device import GPU_EXTRA_HINT, per_person_shape
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
@@ -51,17 +51,18 @@ class OnnxRuntimeCudaRunner:
 
     name = "cuda"
 
-    def __init__(self, model_path, device_id: int = 0):
-        self.model_path = model_path
+    def __init__(self, bundle, stage: str, device_id: int = 0):
+        self.bundle, self.stage = bundle, stage
         self.device_id = device_id
         self.session = None
+        self.precision_ran = None
 
     def activate(self):
-        bundle, stage = bundle_of(self.model_path)
-        graph = gpu_graph(bundle.manifest, stage)
-        self.session = cuda_session(bundle.file(graph["file"]), self.device_id)
-        self.input_dtypes = {spec["name"]: np.dtype(spec["dtype"]) for spec in graph["inputs"]}
-        self.output_names = [spec["name"] for spec in graph["outputs"]]
+        graph = self.bundle.manifest.gpu_graph(self.stage)
+        self.session = cuda_session(self.bundle.file(graph.file), self.device_id)
+        self.input_dtypes = {spec.name: np.dtype(spec.dtype) for spec in graph.inputs}
+        self.output_names = [spec.name for spec in graph.outputs]
+        self.precision_ran = graph.precision
         return self
 
     def infer(self, feeds: dict) -> dict:
@@ -78,16 +79,16 @@ class OnnxRuntimeCudaStage:
     def __init__(self, bundle, stage: str, device, stream: int):
         import onnxruntime as ort
 
-        graph = gpu_graph(bundle.manifest, stage)
-        where = f"{bundle.path / graph['file']}"
+        graph = bundle.manifest.gpu_graph(stage)
+        where = f"{bundle.path / graph.file}"
         self.stage = stage
         self.device_id = device.ordinal
         self.stream = stream
-        self.session = cuda_session(bundle.file(graph["file"]), device.ordinal, stream)
-        self.inputs = [{"name": spec["name"], "dtype": spec["dtype"], "per_person": per_person_shape(spec, where)}
-                       for spec in graph["inputs"]]
-        self.outputs = [{"name": spec["name"], "dtype": spec["dtype"], "per_person": per_person_shape(spec, where)}
-                        for spec in graph["outputs"]]
+        self.session = cuda_session(bundle.file(graph.file), device.ordinal, stream)
+        self.inputs = [{"name": spec.name, "dtype": spec.dtype, "per_person": per_person_shape(spec, where)}
+                       for spec in graph.inputs]
+        self.outputs = [{"name": spec.name, "dtype": spec.dtype, "per_person": per_person_shape(spec, where)}
+                        for spec in graph.outputs]
         self.run_options = ort.RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 

@@ -18,7 +18,13 @@ Cache: compiled models are exported to `<cache>/openvino/<key>.blob`, the key ha
 sha256 (from the bundle manifest), the precision, the shapes, the thread count, the OpenVINO version
 and the CPU (name, capabilities and ISA flags), so a blob is never used on another machine, library
 or bundle. The cache directory is $BODYRT_CACHE_DIR/openvino, else $XDG_CACHE_HOME/bodyrt/openvino,
-else ~/.cache/bodyrt/openvino. An unreadable blob is recompiled; an unwritable cache only costs time.
+else ~/.cache/bodyrt/openvino. An unwritable cache only costs time.
+
+Each blob is verified before use: its sha256 is stored beside it (`<key>.blob.sha256`, written when the
+blob is), and a blob whose bytes do not hash to it (a flipped bit, a truncated or overwritten file, a
+blob without its hash) is never imported: it is recompiled from the bundle's verified graph and
+replaced, with a warning naming it. OpenVINO's own CACHE_DIR is not used: it stores blobs without a
+check bodyrt could apply.
 """
 
 import hashlib
@@ -167,8 +173,11 @@ class OpenVinoRunner:
             try:
                 # copy-on-write map: OpenVINO reads the weights in place instead of copying 100s of MB
                 blob = np.memmap(blob_path, dtype=np.uint8, mode="c")
-                tensor = self.openvino.Tensor(blob, shared_memory=True)
-                return self.core.import_model(tensor, "CPU", self.config()), blob
+                problem = blob_problem(blob_path, blob)
+                if problem is None:
+                    tensor = self.openvino.Tensor(blob, shared_memory=True)
+                    return self.core.import_model(tensor, "CPU", self.config()), blob
+                log.warning("%s: cached OpenVINO model not used: %s; recompiling", blob_path, problem)
             except (RuntimeError, ValueError, OSError) as error:
                 log.warning("%s: cached OpenVINO model unusable (%s); recompiling", blob_path, error)
         model = self.core.read_model(str(self.model_path))
@@ -182,14 +191,39 @@ class OpenVinoRunner:
         partial = None
         try:
             blob_path.parent.mkdir(parents=True, exist_ok=True)
+            data = compiled.export_model().getbuffer()
             with tempfile.NamedTemporaryFile(dir=blob_path.parent, suffix=".partial", delete=False) as stream:
                 partial = stream.name
-                stream.write(compiled.export_model().getbuffer())
+                stream.write(data)
+            # the hash first: a reader that meets the new hash beside the old blob recompiles, never misuses
+            _write_atomically(digest_path(blob_path), hashlib.sha256(data).hexdigest().encode())
             os.replace(partial, blob_path)
         except OSError as error:
             log.warning("%s: cannot cache the compiled OpenVINO model (%s)", blob_path, error)
             if partial:
                 Path(partial).unlink(missing_ok=True)
+
+
+def digest_path(blob_path: Path) -> Path:
+    """Where the sha256 of a cached blob is stored: beside it, `<name>.sha256`."""
+    return blob_path.with_name(blob_path.name + ".sha256")
+
+
+def blob_problem(blob_path: Path, blob) -> str | None:
+    """None when the blob's bytes hash to the sha256 stored beside it, else what is wrong."""
+    try:
+        expected = digest_path(blob_path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return "no sha256 stored beside it"
+    if hashlib.sha256(memoryview(blob)).hexdigest() != expected:
+        return "its bytes do not match the sha256 stored beside it (modified or truncated)"
+    return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".partial", delete=False) as stream:
+        stream.write(data)
+    os.replace(stream.name, path)
 
 
 def _sha256(path: Path) -> str:

@@ -11,7 +11,7 @@ tensorrt and cuda-python are imported lazily; a missing one raises BackendUnavai
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, BundleError, InputError
-from bodyrt.runtime.gpu import GPU_EXTRA_HINT, CudaDevice, bundle_of, gpu_graph, host_array, import_cuda_driver
+from bodyrt.runtime.device import GPU_EXTRA_HINT, CudaDevice, host_array, import_cuda_driver
 
 PLATFORM_KEYS = (("tensorrt_version", "TensorRT"), ("gpu_name", "GPU"), ("compute_capability", "compute capability"))
 
@@ -55,10 +55,10 @@ def check_engine_platform(engine_path, recorded: dict, current: dict, bundle_pat
             "the cuda backend)")
 
 
-def engine_entry(bundle) -> dict:
-    """The manifest's TensorRT section, or BundleError saying how to add engines."""
-    entry = bundle.manifest.get("gpu", {}).get("tensorrt")
-    if not entry:
+def engine_entry(bundle):
+    """The manifest's TensorRT section (manifest.Engines), or BundleError saying how to add engines."""
+    entry = bundle.manifest.gpu.tensorrt if bundle.manifest.gpu is not None else None
+    if entry is None:
         raise BundleError(f"{bundle.path}: the bundle has no TensorRT engines; export with --engine tensorrt or "
                           f"build them here: {rebuild_command(bundle.path, 'fp16')}")
     return entry
@@ -73,17 +73,19 @@ class TensorRTStage:
     def __init__(self, bundle, stage: str, device):
         trt = import_tensorrt()
         entry = engine_entry(bundle)
-        if stage not in entry["engines"]:
+        if stage not in entry.engines:
             raise BundleError(f"{bundle.path}: the manifest lists no TensorRT engine for stage {stage!r}")
-        engine_path = bundle.file(entry["engines"][stage])
-        check_engine_platform(engine_path, entry, current_platform(device), bundle.path)
+        engine_path = bundle.file(entry.engines[stage])
+        recorded = {"tensorrt_version": entry.tensorrt_version, "gpu_name": entry.gpu_name,
+                    "compute_capability": entry.compute_capability, "precision": entry.precision}
+        check_engine_platform(engine_path, recorded, current_platform(device), bundle.path)
         self.stage = stage
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise BundleError(f"{engine_path}: TensorRT could not deserialise the engine (see its log above); "
-                              f"rebuild it: {rebuild_command(bundle.path, entry.get('precision', 'fp32'))}")
+                              f"rebuild it: {rebuild_command(bundle.path, entry.precision)}")
         self.context = self.engine.create_execution_context()
         self.inputs, self.outputs = [], []
         for index in range(self.engine.num_io_tensors):
@@ -92,15 +94,15 @@ class TensorRTStage:
                     "per_person": tuple(self.engine.get_tensor_shape(name))[1:]}
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(spec)
-        self._check_against(gpu_graph(bundle.manifest, stage), engine_path)
+        self._check_against(bundle.manifest.gpu_graph(stage), engine_path)
 
-    def _check_against(self, graph: dict, engine_path) -> None:
+    def _check_against(self, graph, engine_path) -> None:
         """The engine's tensors must be the graph's (names and dtypes), or the bundle is inconsistent."""
-        expected = {(spec["name"], spec["dtype"]) for spec in [*graph["inputs"], *graph["outputs"]]}
+        expected = {(spec.name, spec.dtype) for spec in [*graph.inputs, *graph.outputs]}
         found = {(spec["name"], spec["dtype"]) for spec in [*self.inputs, *self.outputs]}
         if expected != found:
             raise BundleError(f"{engine_path}: engine tensors {sorted(found)} differ from the manifest's graph "
-                              f"{graph['file']} {sorted(expected)}; rebuild the engines")
+                              f"{graph.file} {sorted(expected)}; rebuild the engines")
 
     def enqueue(self, people: int, addresses: dict, stream: int) -> None:
         """Queue the engine for `people` persons on `stream`; addresses: tensor name -> device pointer."""
@@ -125,20 +127,22 @@ class TensorRTRunner:
 
     name = "tensorrt"
 
-    def __init__(self, model_path, device_ordinal: int = 0):
+    def __init__(self, bundle, stage: str, device_ordinal: int = 0):
         import_tensorrt()  # fail at once, naming the missing package
         import_cuda_driver()
-        self.model_path = model_path
+        self.bundle, self.stage_name = bundle, stage
         self.device_ordinal = device_ordinal
         self.stage = None
+        self.precision_ran = None
 
     def activate(self):
-        bundle, stage = bundle_of(self.model_path)
+        bundle, stage = self.bundle, self.stage_name
         self.device = CudaDevice(self.device_ordinal)
         self.stream = self.device.create_stream()
         self.event = self.device.create_event()
         self.stage = TensorRTStage(bundle, stage, self.device)
-        self.max_people = int(engine_entry(bundle)["max_people"])
+        self.max_people = engine_entry(bundle).max_people
+        self.precision_ran = bundle.manifest.gpu_graph(stage).precision
         self.buffers = {}
         for spec in [*self.stage.inputs, *self.stage.outputs]:
             per_person = int(np.prod(spec["per_person"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize

@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def synthetic_smplx_path(tmp_path_factory):
     """A synthetic SMPLX_NEUTRAL.npz (v1.1 layout), seed 0."""
-    from bodyrt.export.synthetic import write_smplx_model
+    from bodyrt.export.fixtures.body_models import write_smplx_model
 
     return write_smplx_model(tmp_path_factory.mktemp("smplx"), seed=0)
 
@@ -76,7 +76,7 @@ def linked_copy(bundle_dir, target):
 @pytest.fixture(scope="session")
 def quantized_bundle(bundle_dir, demo_files, tmp_path_factory):
     """A copy of the session bundle with an int8 variant, calibrated on three one-person images."""
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.export.quantize import quantize_bundle
     from bodyrt.images import save_png
 
@@ -113,8 +113,8 @@ def golden_inputs(tmp_path_factory):
     and checked against the hash of the file the official code loaded."""
     import torch
 
-    from bodyrt.export.checkpoint import write_random_checkpoint
-    from bodyrt.export.synthetic import smplx_arrays, write_smplx_model
+    from bodyrt.export.fixtures.checkpoints import write_random_checkpoint
+    from bodyrt.export.fixtures.body_models import smplx_arrays, write_smplx_model
 
     folder = tmp_path_factory.mktemp("golden-expose")
     body_model = write_smplx_model(folder, seed=SEED)

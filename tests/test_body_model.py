@@ -18,7 +18,7 @@ import torch
 from bodyrt.errors import BodyModelError, InputError
 from bodyrt.export.body_model import BodyModel, JointsOnly, load_body_model
 from bodyrt.export.rotations import axis_angle_to_matrix, mirror_rotation
-from bodyrt.export.synthetic import smpl_arrays, smplx_arrays, write_body_model
+from bodyrt.export.fixtures.body_models import smpl_arrays, smplx_arrays, write_body_model
 
 TOLERANCE_M = 1e-5
 SMPLX_PARTS = {"global_orient": 1, "body_pose": 21, "left_hand_pose": 15, "right_hand_pose": 15, "jaw_pose": 1}

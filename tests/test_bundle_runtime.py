@@ -21,24 +21,32 @@ def runtime(bundle_dir):
 
 
 def scene(demo_files, size, seed=0):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     return sample_scene(demo_files[1], seed=seed, size=size)
 
 
 def test_manifest_holds_what_the_runtime_needs(bundle_dir, demo_files):
     manifest = read_bundle(bundle_dir).manifest
-    assert [stage["name"] for stage in manifest["stages"]] == ["body", "hand", "face", "merge"]
-    body = manifest["stages"][0]
-    assert body["inputs"][0] == {"name": "body_crops", "shape": ["people", 3, 256, 256], "dtype": "float32"}
-    assert [part["crop_size"] for part in manifest["parts"]] == [224, 224, 256]
-    assert manifest["parts"][0]["joints"] == [21, *range(40, 55), *range(71, 76)]
-    assert len(manifest["mesh"]["faces"]) == 20908
-    assert manifest["preprocessing"]["std"] == [0.229, 0.224, 0.225]
-    assert manifest["source"]["untrained"] is True
     from bodyrt.runtime.bundle import sha256_of
-    assert manifest["source"]["checkpoint_sha256"] == sha256_of(demo_files[0])
-    assert set(manifest["files"]) == {"body.onnx", "hand.onnx", "face.onnx", "merge.onnx"}
+    from bodyrt.runtime.manifest import TensorSpec
+
+    assert manifest.format_version == 2
+    assert [stage.name for stage in manifest.stages] == ["body", "hand", "face", "merge"]
+    assert manifest.stages[0].inputs[0] == TensorSpec("body_crops", ("people", 3, 256, 256), "float32")
+    assert [step.name for step in manifest.steps] == ["body_crop", "body", "hand_crops", "face_crops", "hand",
+                                                     "face", "merge", "pinhole"]
+    assert (manifest.step("body_crop").crop_size, manifest.step("body_crop").box_scale) == (256, 1.2)
+    assert [manifest.step(name).crop_size for name in ("hand_crops", "face_crops")] == [224, 256]
+    assert manifest.step("hand_crops").mirror == (False, True)
+    assert manifest.step("pinhole").focal_length == 5000.0
+    assert len(manifest.mesh.faces) == 20908
+    assert manifest.preprocessing.std == (0.229, 0.224, 0.225)
+    assert manifest.preprocessing.pixel_scale == 1.0 / 255.0
+    assert manifest.source.untrained is True
+    assert manifest.source.checkpoint_sha256 == sha256_of(demo_files[0])
+    assert set(manifest.files) == {"body.onnx", "hand.onnx", "face.onnx", "merge.onnx"}
+    assert manifest.fp32_stages == ("merge",)
 
 
 @pytest.mark.parametrize("size,people", [((720, 1280), 1), ((480, 640), 2), ((1080, 1920), 3)])
@@ -167,7 +175,7 @@ def test_cli_run_bundle_writes_every_output(bundle_dir, demo_files, tmp_path, ca
             assert (out / f"{stem}{suffix}").is_file(), stem + suffix
     summary = json.loads((out / "summary.json").read_text())
     assert [entry["image"].rsplit("/", 1)[-1] for entry in summary["images"]] == ["a.png", "b.png"]
-    assert set(summary["images"][0]["timings_ms"]) >= {"body", "hand", "face", "merge", "part_crops"}
+    assert set(summary["images"][0]["timings_ms"]) >= {"body", "hand", "face", "merge", "hand_crops", "face_crops", "pinhole"}
     assert summary["images"][0]["backend"] == "onnxruntime"
     overlay = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "a_overlay.png"))
     assert overlay.shape == image.shape and (overlay != image).any()

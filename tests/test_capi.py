@@ -127,7 +127,7 @@ def test_readme_snippet_is_the_example_and_compiles_with_warnings_as_errors(capi
 
 
 def test_c_outputs_match_the_python_runtime(capi_dir, kind, bundle_dir, demo_files, runtime, tmp_path):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     image, box = sample_scene(demo_files[1], seed=1, size=(360, 480))
     boxes = np.concatenate([box, box + np.float32([-60, 10, -60, 10])]).astype(np.float32)
@@ -160,6 +160,7 @@ EXPECTED_ERRORS = {
     "create_null_pipeline": ("INVALID_ARGUMENT", "pipeline is NULL"),
     "create_zero_threads": ("INVALID_ARGUMENT", "options->threads must be > 0, got 0"),
     "create_negative_threads": ("INVALID_ARGUMENT", "options->threads must be > 0, got -3"),
+    "create_too_many_threads": ("INVALID_ARGUMENT", "threads must be between 1 and"),
     "create_null_backend": ("INVALID_ARGUMENT", "options->backend is NULL"),
     "create_unknown_backend": ("BACKEND_UNAVAILABLE", "'no-such-backend'"),
     "run_null_pixels": ("INVALID_ARGUMENT", "bodyrt_run: pixels is NULL"),
@@ -167,6 +168,7 @@ EXPECTED_ERRORS = {
     "run_negative_height": ("INVALID_ARGUMENT", "height must be > 0, got -5"),
     "run_short_stride": ("INVALID_ARGUMENT", "row_stride 959 is smaller than a row of 320 pixels (960 bytes)"),
     "run_negative_stride": ("INVALID_ARGUMENT", "row_stride -960 is smaller"),
+    "run_huge_image": ("INVALID_ARGUMENT", "is too large (at most 100 million pixels)"),
     "run_bad_channel_order": ("INVALID_ARGUMENT", "channel_order 7"),
     "run_null_boxes": ("INVALID_ARGUMENT", "boxes is NULL"),
     "run_zero_persons": ("INVALID_ARGUMENT", "person_count must be > 0, got 0"),

@@ -133,7 +133,7 @@ def test_golden_cases_match_the_python_runtime_within_1e_5(case, capi_check, gol
 @pytest.fixture(scope="module")
 def demo_scene(demo_files):
     """The 720p synthetic scene the Python runtime's bf16 and int8 bounds were measured on."""
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     return sample_scene(demo_files[1], seed=0, size=(720, 1280))
 
@@ -242,7 +242,13 @@ MANIFEST_EDITS = {
     "face_out_of_range": (lambda m: m["mesh"]["faces"][0].__setitem__(0, 10**6), "mesh.faces must hold vertex"),
     "unlisted_stage_file": (lambda m: m["stages"][0].update(file="other.onnx"), "'other.onnx' is not listed"),
     "file_outside": (lambda m: m["files"].update({"../x.onnx": "00"}), "files must map plain file names"),
-    "format_2": (lambda m: m.update(format_version=2), "bundle format version 2, this libbodyrt reads version 1"),
+    "format_1": (lambda m: m.update(format_version=1), "bundle format version 1, this libbodyrt reads version 2"),
+    "format_1_outputs": (lambda m: m["steps"][0].update(outputs=["body_crops", "crop_transforms"]),
+                         "steps[0].outputs is an unknown key"),
+    "unknown_top_level": (lambda m: m.update(extra=1), "extra is an unknown key"),
+    "no_pixel_scale": (lambda m: m["preprocessing"].pop("pixel_scale"), "preprocessing.pixel_scale is missing"),
+    "no_pinhole_output": (lambda m: m["steps"][-1].pop("translation_output"), "steps[7].translation_output is missing"),
+    "step_name_twice": (lambda m: m["steps"][4].update(name="hand_crops"), "steps[4].name 'hand_crops' is used twice"),
     "not_a_bundle": (lambda m: m.update(format="other"), "not a bodyrt bundle manifest"),
 }
 
@@ -272,7 +278,7 @@ def tampered_bundles(bundle_dir, tmp_path) -> tuple[Path, Path]:
 # case -> (status, the message must contain this)
 HARDENING = {
     "create_tampered_bundle": ("BUNDLE", "face.onnx: sha256 does not match the manifest"),
-    "create_other_version": ("BUNDLE", "bundle format version 99, this libbodyrt reads version 1"),
+    "create_other_version": ("BUNDLE", "bundle format version 99, this libbodyrt reads version 2"),
     "create_null_precision": ("INVALID_ARGUMENT", "options->precision is NULL"),
     "create_unknown_precision": ("INVALID_ARGUMENT", "precision must be fp32, bf16 or int8, got 'fp64'"),
     "run_int_max_image": ("INVALID_ARGUMENT", "width 2147483647 is above the largest width"),

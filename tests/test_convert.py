@@ -24,7 +24,7 @@ VALID_DISTANCE_M = 0.01  # SMPL-X vertices farther than this from the SMPL surfa
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, synthetic_smplx_path):
-    from bodyrt.export.synthetic import smpl_arrays, smplx_arrays, write_body_model
+    from bodyrt.export.fixtures.body_models import smpl_arrays, smplx_arrays, write_body_model
 
     smpl = smpl_arrays(seed=0)
     path = write_body_model(tmp_path_factory.mktemp("convert-smpl") / "SMPL_NEUTRAL.pkl", smpl)
@@ -153,7 +153,7 @@ def test_missing_and_unreadable_correspondence(tmp_path):
     with pytest.raises(BodyModelError, match="no such correspondence file"):
         load_correspondence(tmp_path / "absent.npz")
     (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(BodyModelError, match="not a readable .npz"):
+    with pytest.raises(BodyModelError, match=r"not an .npz correspondence file \(not a zip archive"):
         load_correspondence(tmp_path / "text.npz")
 
 

@@ -17,6 +17,7 @@ from bodyrt.runtime.crops import body_crops, part_crops
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+PIXEL_SCALE = 1.0 / 255.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def numpy_part_crops(case: dict) -> np.ndarray:
     boxes = case["boxes"][:, case["parts"]]
     mirror = np.tile(case["mirror"], len(boxes))
     return part_crops(case["image"], boxes[..., :2].reshape(-1, 2), boxes[..., 2].reshape(-1), case["crop_size"],
-                      mirror, MEAN, STD, channel_order=case["channel_order"])
+                      mirror, MEAN, STD, channel_order=case["channel_order"], pixel_scale=PIXEL_SCALE)
 
 
 def test_numpy_part_crops_match_grid_sample_on_random_cases():
@@ -184,7 +185,8 @@ def test_numpy_body_crops_match_cv2_resize_on_random_cases():
     rng = np.random.default_rng(13)
     for _ in range(60):
         case = random_body_case(rng)
-        crops, transforms = body_crops(case["image"], case["boxes"], MEAN, STD, crop_size=case["crop_size"],
+        crops, transforms = body_crops(case["image"], case["boxes"], MEAN, STD, crop_size=case["crop_size"], scale=1.2,
+                                       pixel_scale=PIXEL_SCALE,
                                        channel_order=case["channel_order"])
         np.testing.assert_allclose(crops, body_reference(case), rtol=0, atol=1e-5)
         for box, transform in zip(case["boxes"], transforms):
@@ -195,7 +197,7 @@ def test_numpy_body_crops_match_cv2_resize_on_random_cases():
 def test_numpy_body_crop_transform_by_hand():
     """Box (100, 50) - (300, 450): c = (200, 250), S = 1.2 * 400 = 480, k = 256/480."""
     image = np.zeros((400, 600, 3), dtype=np.uint8)
-    _, transforms = body_crops(image, [[100, 50, 300, 450]], MEAN, STD)
+    _, transforms = body_crops(image, [[100, 50, 300, 450]], MEAN, STD, crop_size=256, scale=1.2, pixel_scale=PIXEL_SCALE)
     expected = [[256 / 480, 0, 256 * (0.5 - 200 / 480)], [0, 256 / 480, 256 * (0.5 - 250 / 480)], [0, 0, 1]]
     np.testing.assert_allclose(transforms[0], expected, rtol=1e-6)
     assert transforms[0, 0, 2] == pytest.approx(21.3333333, abs=1e-5)
@@ -217,7 +219,7 @@ def test_numpy_body_crops_reject_a_bad_box_by_index(name):
     box, reason = BAD_PERSON_BOXES[name]
     image = np.zeros((40, 60, 3), dtype=np.uint8)
     with pytest.raises(InputError, match=rf"person box 1 .*{reason}"):
-        body_crops(image, [[1, 1, 30, 30], box], MEAN, STD)
+        body_crops(image, [[1, 1, 30, 30], box], MEAN, STD, crop_size=256, scale=1.2, pixel_scale=PIXEL_SCALE)
 
 
 @pytest.mark.parametrize("centre, size", [((np.nan, 3.0), 4.0), ((2.0, np.inf), 4.0), ((2.0, 3.0), np.nan),
@@ -225,11 +227,11 @@ def test_numpy_body_crops_reject_a_bad_box_by_index(name):
 def test_numpy_part_crops_reject_a_non_finite_or_inverted_box_by_index(centre, size):
     image = np.zeros((10, 12, 3), dtype=np.uint8)
     with pytest.raises(InputError, match=r"part box 1 "):
-        part_crops(image, [(5.0, 5.0), centre], [4.0, size], 8, [False, False], MEAN, STD)
+        part_crops(image, [(5.0, 5.0), centre], [4.0, size], 8, [False, False], MEAN, STD, pixel_scale=PIXEL_SCALE)
 
 
 def test_numpy_part_crops_of_a_box_wholly_outside_are_zero():
     """A hand out of frame is legitimate (the reference gives zeros), so it is not an error."""
     image = np.full((10, 12, 3), 200, dtype=np.uint8)
-    crops = part_crops(image, [(-40.0, 5.0)], [6.0], 8, [False], MEAN, STD)
+    crops = part_crops(image, [(-40.0, 5.0)], [6.0], 8, [False], MEAN, STD, pixel_scale=PIXEL_SCALE)
     assert not crops.any()

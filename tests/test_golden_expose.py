@@ -230,7 +230,7 @@ def test_part_crops_at_the_official_boxes(case):
     for part, size in (("right_hand", 224), ("left_hand", 224), ("head", 256)):
         x0, y0, x1, y1 = golden[f"{part}_box"].astype(np.float64)
         centre, side = np.array([[(x0 + x1) / 2, (y0 + y1) / 2]]), np.array([x1 - x0])
-        host = part_crops(image, centre, side, size, np.array([False]), mean, std)[0]
+        host = part_crops(image, centre, side, size, np.array([False]), mean, std, pixel_scale=1.0 / 255.0)[0]
         assert max_deviation(host, golden[f"{part}_crop"]) <= 3e-4, f"runtime crops, {part}"
         sampled = sample_part_crops(normalise_image(image), torch.tensor([[*centre[0], side[0]]]), size,
                                     torch.tensor([False]))[0]

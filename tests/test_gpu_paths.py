@@ -2,7 +2,7 @@
 
 On the CPU:
 - the fp16 graphs run in ONNX Runtime against the fp32 ones (per stage and end to end);
-- DevicePipeline, the GPU runtime's orchestration (device buffers, crop kernel launches, engine
+- the device executor (the GPU runtime's orchestration (device buffers, crop kernel launches, engine
   calls, read-back, pinhole), runs on HostDevice: CudaDevice's interface on host memory, whose kernel
   launches go to the host build of crops.cu, with a stand-in `tensorrt` module whose "engines" run
   the bundle's (fp32 or fp16) graphs in ONNX Runtime. TensorRT's real names are checked separately
@@ -44,7 +44,7 @@ MAX_PEOPLE = 4
 
 
 def scene(demo_files, size=(480, 640), people=2, seed=2):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     image, box = sample_scene(demo_files[1], seed=seed, size=size)
     shifts = np.array([[0, 0, 0, 0], [-60, 20, -60, 20], [90, -10, 90, -10]], dtype=np.float32)[:people]
@@ -158,7 +158,7 @@ class HostContext:
         self.addresses[name] = address
 
     def execute_async_v3(self, stream):
-        from bodyrt.runtime.gpu import host_array
+        from bodyrt.runtime.device import host_array
 
         engine = self.engine
         feeds = {name: host_array(self.addresses[name], engine.get_tensor_dtype(name), self.shapes[name]).copy()
@@ -234,18 +234,18 @@ def cpu_runtime(bundle_dir):
 
 
 def emulated_pipeline(monkeypatch, bundle_path, **options):
-    from bodyrt.runtime.gpu import DevicePipeline
+    from bodyrt.runtime import open_bundle
 
     monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(bundle_path))
-    return DevicePipeline(read_bundle(bundle_path), "tensorrt", device=HostDevice(), **options)
+    return open_bundle(bundle_path, "tensorrt", device=HostDevice(), **options)
 
 
 def emulated_tensors(pipeline, people: int) -> dict:
     """Every tensor of the last frame, read from HostDevice memory: crops, stage inputs and outputs."""
-    from bodyrt.runtime.gpu import host_array
+    from bodyrt.runtime.device import host_array
 
     return {name: host_array(tensor.pointer, tensor.dtype, (people, *tensor.per_person)).astype(np.float32)
-            for name, tensor in pipeline.tensors.items()}
+            for name, tensor in pipeline.executor.tensors.items()}
 
 
 def assert_close_intermediates(ours, reference, crops, parameters, pixels,
@@ -336,13 +336,13 @@ def test_fp16_stages_match_fp32_in_onnx_runtime(emulated_bundles, cpu_runtime, d
     cpu_runtime(image, boxes)
     tensors = cpu_runtime.last_tensors
     manifest = read_bundle(emulated_bundles["fp16"]).manifest
-    converted = [stage for stage, graph in manifest["gpu"]["graphs"].items() if graph["precision"] == "fp16"]
+    converted = [stage for stage, graph in manifest.gpu.graphs.items() if graph.precision == "fp16"]
     assert converted == ["body", "hand", "face"]
     for stage in converted:
-        graph = manifest["gpu"]["graphs"][stage]
-        feeds = {spec["name"]: tensors[spec["name"]].astype(spec["dtype"]) for spec in graph["inputs"]}
-        half = OnnxRuntimeRunner(emulated_bundles["fp16"] / graph["file"]).activate().infer(feeds)
-        full = cpu_runtime.runners[stage].infer({name: tensors[name] for name in feeds})
+        graph = manifest.gpu.graphs[stage]
+        feeds = {spec.name: tensors[spec.name].astype(spec.dtype) for spec in graph.inputs}
+        half = OnnxRuntimeRunner(emulated_bundles["fp16"] / graph.file).activate().infer(feeds)
+        full = cpu_runtime.executor.runners[stage].infer({name: tensors[name] for name in feeds})
         for name, reference in full.items():
             tolerance = FP16_BOX_TOLERANCE_PX if name == "part_boxes" else FP16_PARAMETER_TOLERANCE
             np.testing.assert_allclose(half[name], reference, atol=tolerance, rtol=0, err_msg=f"{stage} {name}")
@@ -350,7 +350,7 @@ def test_fp16_stages_match_fp32_in_onnx_runtime(emulated_bundles, cpu_runtime, d
 
 def test_manifest_records_gpu_graphs_and_engines(emulated_bundles, bundle_dir):
     bundle = read_bundle(emulated_bundles["fp16"])  # verifies every sha256, engines included
-    gpu = bundle.manifest["gpu"]
+    gpu = bundle.manifest.to_json()["gpu"]
     assert gpu["precision"] == "fp16"
     body = gpu["graphs"]["body"]
     assert body["file"] == "body.fp16.onnx"
@@ -362,10 +362,10 @@ def test_manifest_records_gpu_graphs_and_engines(emulated_bundles, bundle_dir):
     assert {key: engines[key] for key in HOST_PLATFORM} == HOST_PLATFORM
     assert engines["max_people"] == MAX_PEOPLE and engines["precision"] == "fp16"
     assert engines["engines"] == {stage: f"{stage}.fp16.engine" for stage in ["body", "hand", "face", "merge"]}
-    assert set(bundle.manifest["files"]) >= {*engines["engines"].values(), "body.fp16.onnx", "hand.fp16.onnx"}
+    assert set(bundle.manifest.files) >= {*engines["engines"].values(), "body.fp16.onnx", "hand.fp16.onnx"}
     assert not list(bundle.path.glob(".gpu-partial-*"))
     original = read_bundle(bundle_dir).manifest  # the shared bundle itself is untouched
-    assert "gpu" not in original
+    assert original.gpu is None
 
     engine = bundle.path / "hand.fp16.engine"
     saved = engine.read_bytes()
@@ -408,9 +408,9 @@ def test_emulated_device_pipeline_fp32_matches_cpu(emulated_bundles, cpu_runtime
     assert_close_outputs(ours.outputs, cpu_runtime(image, boxes).outputs, FP32_TOLERANCE_M, 1e-4, 1e-2)
     # crops: kernel vs numpy to 1e-5 (bodyrt.kernels' own bound); graphs: same fp32 graphs, same inputs
     assert_close_intermediates(emulated_tensors(pipeline, len(boxes)), cpu_runtime.last_tensors, 1e-5, 1e-4, 1e-2)
-    assert pipeline.device.launches == ["body_crops_f32", "part_crops_f32", "part_crops_f32"]
+    assert pipeline.executor.device.launches == ["body_crops_f32", "part_crops_f32", "part_crops_f32"]
     assert ours.info == {"backend": "tensorrt", "precision": "fp32", "device": "Host Emulation"}
-    assert {"body_crop", "body", "part_crops", "hand", "face", "merge"} <= set(ours.timings_ms)
+    assert {"body_crop", "body", "hand_crops", "face_crops", "hand", "face", "merge"} <= set(ours.timings_ms)
     pipeline.close()
 
 
@@ -424,7 +424,7 @@ def test_emulated_device_pipeline_fp16_matches_cpu(emulated_bundles, cpu_runtime
     # are cut from part boxes that moved by up to 0.015 px, which changes pixels on sharp edges.
     assert_close_intermediates(emulated_tensors(pipeline, len(boxes)), cpu_runtime.last_tensors, 2e-3,
                                FP16_PARAMETER_TOLERANCE, FP16_BOX_TOLERANCE_PX, crop_names=["body_crops"])
-    assert pipeline.device.launches == ["body_crops_f16", "part_crops_f16", "part_crops_f16"]
+    assert pipeline.executor.device.launches == ["body_crops_f16", "part_crops_f16", "part_crops_f16"]
 
 
 def test_emulated_zero_copy_entry_point(emulated_bundles, demo_files, monkeypatch):
@@ -434,7 +434,7 @@ def test_emulated_zero_copy_entry_point(emulated_bundles, demo_files, monkeypatc
     expected = pipeline(image, boxes).outputs
     height, width, _ = image.shape
     pitch = 3 * width + 64
-    frame = pipeline.device.allocate(height * pitch)
+    frame = pipeline.executor.device.allocate(height * pitch)
     rows = np.frombuffer((ctypes.c_uint8 * (height * pitch)).from_address(frame), np.uint8).reshape(height, pitch)
     rows[:, :3 * width] = image.reshape(height, 3 * width)
     pipeline.enqueue(frame, height, width, pitch, boxes, stream=4242)
@@ -452,10 +452,10 @@ def test_emulated_zero_copy_entry_point(emulated_bundles, demo_files, monkeypatc
 
 
 def test_cuda_graphs_are_tensorrt_only(emulated_bundles):
-    from bodyrt.runtime.gpu import DevicePipeline
+    from bodyrt.runtime import open_bundle
 
     with pytest.raises(InputError, match="tensorrt backend only"):
-        DevicePipeline(read_bundle(emulated_bundles["fp32"]), "cuda", device=HostDevice(), cuda_graphs=True)
+        open_bundle(emulated_bundles["fp32"], "cuda", device=HostDevice(), cuda_graphs=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,7 +614,7 @@ def test_onnx_runtime_cpu_fallback_is_reported(bundle_dir):
         check_providers(session, "CUDAExecutionProvider", "hand.onnx")
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed: its CUDA provider does not fall back here")
-    runner = make_runner("cuda", bundle_dir / "hand.onnx")  # a real session asked for CUDA on a CPU build
+    runner = make_runner("cuda", read_bundle(bundle_dir), "hand")  # a real session asked for CUDA on a CPU build
     with pytest.raises(BackendUnavailableError, match=r"hand\.onnx: ONNX Runtime fell back to CPUExecutionProvider.*"
                                                       r"onnxruntime-gpu"):
         runner.activate()
@@ -624,14 +624,14 @@ def test_missing_gpu_packages_are_named(bundle_dir, monkeypatch, tmp_path, capsy
     from bodyrt.cli import main
     from bodyrt.runtime import open_bundle
     from bodyrt.runtime.backends import make_runner
-    from bodyrt.runtime.gpu import CudaDevice
+    from bodyrt.runtime.device import CudaDevice
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     for module in ["cuda", "cuda.bindings", "cuda.bindings.driver"]:
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(BackendUnavailableError, match=r"tensorrt package.*pip install \"bodyrt\[gpu\]\""):
-        make_runner("tensorrt", bundle_dir / "hand.onnx")
-    with pytest.raises(BackendUnavailableError, match="tensorrt package"):
+        make_runner("tensorrt", read_bundle(bundle_dir), "hand")
+    with pytest.raises(BackendUnavailableError, match="cuda-python package"):  # the device comes first
         open_bundle(bundle_dir, backend="tensorrt")
     with pytest.raises(BackendUnavailableError, match=r"cuda-python package.*bodyrt\[gpu\]"):
         CudaDevice(0)
@@ -645,7 +645,7 @@ def test_missing_gpu_packages_are_named(bundle_dir, monkeypatch, tmp_path, capsy
 def test_cli_run_on_a_gpu_backend_uses_the_device_pipeline_and_refuses_a_cpu_precision(
         bundle_dir, demo_files, monkeypatch, tmp_path, capsys):
     from bodyrt.cli import main
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
     from bodyrt.images import save_png
 
     image, _ = sample_scene(demo_files[1], seed=0, size=(120, 160))
@@ -657,8 +657,65 @@ def test_cli_run_on_a_gpu_backend_uses_the_device_pipeline_and_refuses_a_cpu_pre
     for module in ["cuda", "cuda.bindings", "cuda.bindings.driver"]:
         monkeypatch.setitem(sys.modules, module, None)
     assert main(arguments) == 1
-    assert "the GPU runtime needs the cuda-python package" in capsys.readouterr().err  # DevicePipeline's, not a runner's
+    assert "the GPU runtime needs the cuda-python package" in capsys.readouterr().err  # the device executor's, not a runner's
     assert not (tmp_path / "out").exists()
+
+
+def emulate_gpu_for_the_cli(monkeypatch, bundle_path):
+    """The CLI opens GPU 0 itself: make that a HostDevice and `tensorrt` the stand-in module."""
+    from bodyrt.runtime import device_executor
+
+    monkeypatch.setattr(device_executor, "CudaDevice", lambda ordinal=0: HostDevice())
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(bundle_path))
+
+
+def test_cli_run_on_the_emulated_tensorrt_backend(emulated_bundles, cpu_runtime, demo_files, monkeypatch,
+                                                  tmp_path, capsys):
+    """`bodyrt run --backend tensorrt` end to end: the device executor, the kernel's crops, the engines."""
+    from bodyrt.cli import main
+    from bodyrt.images import save_png
+
+    image, boxes = scene(demo_files, size=(240, 320), people=2, seed=4)
+    save_png(tmp_path / "person.png", image)
+    emulate_gpu_for_the_cli(monkeypatch, emulated_bundles["fp32"])
+    arguments = ["run", "--bundle", str(emulated_bundles["fp32"]), str(tmp_path / "person.png"),
+                 "--out", str(tmp_path / "out"), "--backend", "tensorrt"]
+    for box in boxes:
+        arguments += ["--box", *(str(float(value)) for value in box)]
+    code, err = main(arguments), capsys.readouterr().err
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]
+    assert summary["backend"] == "tensorrt" and summary["device"] == "Host Emulation"
+    assert {"body_crop", "body", "hand_crops", "face_crops", "hand", "face", "merge"} <= set(summary["timings_ms"])
+    reference = cpu_runtime(image, boxes).outputs  # an independent CPU run of the same fp32 graphs
+    for person in range(len(boxes)):
+        params = np.load(tmp_path / "out" / f"person_person{person}_params.npz")
+        np.testing.assert_allclose(params["vertices"], reference["vertices"][person], atol=FP32_TOLERANCE_M, rtol=0)
+        np.testing.assert_allclose(params["pinhole_translation"], reference["pinhole_translation"][person],
+                                   rtol=1e-4, atol=1e-4)
+        assert (tmp_path / "out" / f"person_person{person}.obj").stat().st_size > 0
+    assert (tmp_path / "out" / "person_overlay.png").is_file()
+    # a precision the GPU graphs were not exported with is refused with the reason, before anything runs
+    assert main(["run", "--bundle", str(emulated_bundles["fp32"]), str(tmp_path / "person.png"), "--out",
+                 str(tmp_path / "fp16"), "--backend", "tensorrt", "--precision", "fp16"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "GPU graphs are fp32" in error[0]
+    assert not (tmp_path / "fp16").exists()
+
+
+def test_cli_bench_on_the_emulated_tensorrt_backend(emulated_bundles, monkeypatch, tmp_path, capsys):
+    from bodyrt.cli import main
+
+    emulate_gpu_for_the_cli(monkeypatch, emulated_bundles["fp16"])
+    report = tmp_path / "bench.json"
+    code = main(["bench", "--bundle", str(emulated_bundles["fp16"]), "--backend", "tensorrt", "--backend",
+                 "onnxruntime", "--precision", "fp16", "--precision", "fp32", "--repeats", "1", "--warmup", "0",
+                 "--no-memory", "--no-roofline", "--image-size", "720p", "--json", str(report)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "skipping onnxruntime fp16" in err and "GPU backends" in err  # refused with its reason
+    results = json.loads(report.read_text())
+    assert {"tensorrt", "tensorrt-fp16", "onnxruntime"} <= set(results["summary"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,7 +740,7 @@ TOLERANCES = {"fp32": (FP32_TOLERANCE_M, 1e-4, 1e-2),
 @pytest.mark.parametrize("backend", ["tensorrt", "cuda"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_gpu_pipeline_matches_cpu(gpu_bundles, cpu_runtime, demo_files, backend, precision):
-    from bodyrt.runtime.gpu import open_device_pipeline
+    from bodyrt.runtime import open_bundle
 
     if backend == "cuda":
         import onnxruntime as ort
@@ -691,7 +748,7 @@ def test_gpu_pipeline_matches_cpu(gpu_bundles, cpu_runtime, demo_files, backend,
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             pytest.skip("onnxruntime-gpu is not installed")
     image, boxes = scene(demo_files, size=(720, 1280), people=3, seed=3)
-    pipeline = open_device_pipeline(gpu_bundles[precision], backend=backend)
+    pipeline = open_bundle(gpu_bundles[precision], backend=backend)
     try:
         assert_close_outputs(pipeline(image, boxes).outputs, cpu_runtime(image, boxes).outputs, *TOLERANCES[precision])
     finally:
@@ -701,12 +758,13 @@ def test_gpu_pipeline_matches_cpu(gpu_bundles, cpu_runtime, demo_files, backend,
 @pytest.mark.gpu
 def test_gpu_zero_copy_cuda_graphs_and_runner_interface(gpu_bundles, cpu_runtime, demo_files):
     from bodyrt.runtime import open_bundle
-    from bodyrt.runtime.gpu import CudaDevice, DevicePipeline, host_array
+    from bodyrt.runtime.backends import make_runner
+    from bodyrt.runtime.device import CudaDevice, host_array
 
     image, boxes = scene(demo_files, size=(480, 640), people=2)
     reference = cpu_runtime(image, boxes).outputs
     device = CudaDevice(0)
-    pipeline = DevicePipeline(read_bundle(gpu_bundles["fp32"]), "tensorrt", device=device, cuda_graphs=True)
+    pipeline = open_bundle(gpu_bundles["fp32"], "tensorrt", device=device, cuda_graphs=True)
     height, width, _ = image.shape
     pitch = 3 * width + 256
     frame, staging = device.allocate(height * pitch), device.allocate_host(height * pitch)
@@ -717,13 +775,16 @@ def test_gpu_zero_copy_cuda_graphs_and_runner_interface(gpu_bundles, cpu_runtime
         for _ in range(3):  # plain run + capture, then two graph replays
             pipeline.enqueue(frame, height, width, pitch, boxes, stream=user_stream)
             assert_close_outputs(pipeline.result().outputs, reference, *TOLERANCES["fp32"])
-        assert len(pipeline._graphs) == 2  # body; hand + face + merge (the part crops run between)
+        assert len(pipeline.executor._graphs) == 2  # body; hand + face + merge (the part crops run between)
     finally:
         pipeline.close()
         device.free(frame)
         device.free_host(staging)
-    runtime = open_bundle(gpu_bundles["fp16"], backend="tensorrt")  # the per-stage runner interface
-    assert_close_outputs(runtime(image, boxes).outputs, reference, *TOLERANCES["fp16"])
+    runner = make_runner("tensorrt", read_bundle(gpu_bundles["fp16"]), "merge").activate()  # the runner interface
+    tensors = cpu_runtime.last_tensors
+    merged = runner.infer({name: tensors[name] for name in ("body_params", "hand_params", "face_params")})
+    np.testing.assert_allclose(merged["vertices"], tensors["vertices"], atol=FP32_TOLERANCE_M, rtol=0)
+    runner.deactivate()
 
 
 @pytest.mark.gpu
@@ -731,7 +792,7 @@ def test_gpu_zero_copy_cuda_graphs_and_runner_interface(gpu_bundles, cpu_runtime
 def test_gpu_kernel_matches_host_build(dtype):
     from bodyrt.kernels.host import host_launch
     from bodyrt.kernels.launch import body_crops_launch, part_crops_launch
-    from bodyrt.runtime.gpu import CudaDevice, host_array
+    from bodyrt.runtime.device import CudaDevice, host_array
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
@@ -740,7 +801,8 @@ def test_gpu_kernel_matches_host_build(dtype):
     device = CudaDevice(0)
     stream = device.create_stream()
     event = device.create_event()
-    normalisation = dict(channel_order="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    normalisation = dict(channel_order="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         pixel_scale=1.0 / 255.0)
 
     def run_both(make_launch, inputs, outputs):
         """Launch on the device and through the host build with the same arguments; returns both outputs."""

@@ -23,10 +23,13 @@ from bodyrt.runtime.crops import body_crops, part_crops
 from test_crops import (BAD_PERSON_BOXES, MEAN, STD, body_reference, hand_computed_transform, image_with_pitch,
                         part_reference, random_body_case, random_part_case)
 
+PIXEL_SCALE = 1.0 / 255.0
+BODY = {"scale": 1.2, "pixel_scale": PIXEL_SCALE}
+
 
 def kernel_part_crops(case: dict, dtype=np.float32) -> np.ndarray:
     return host_part_crops(case["image"], case["boxes"], case["parts"], case["mirror"], case["crop_size"], MEAN, STD,
-                           channel_order=case["channel_order"], dtype=dtype)
+                           PIXEL_SCALE, channel_order=case["channel_order"], dtype=dtype)
 
 
 def half_rounding_bound(values: np.ndarray) -> np.ndarray:
@@ -78,7 +81,7 @@ def test_part_crops_kernel_agrees_with_the_numpy_runtime():
         boxes = case["boxes"][:, case["parts"]]
         expected = part_crops(case["image"], boxes[..., :2].reshape(-1, 2), boxes[..., 2].reshape(-1),
                               case["crop_size"], np.tile(case["mirror"], len(boxes)), MEAN, STD,
-                              channel_order=case["channel_order"])
+                              channel_order=case["channel_order"], pixel_scale=PIXEL_SCALE)
         np.testing.assert_allclose(kernel_part_crops(case), expected, rtol=0, atol=2e-6)
 
 
@@ -88,7 +91,7 @@ def test_part_crops_kernel_writes_zeros_for_a_non_finite_or_inverted_box_only():
     image = np.full((20, 30, 3), 180, dtype=np.uint8)
     boxes = np.array([[[10, 10, 8], [np.nan, 10, 8], [10, 10, -1]], [[10, np.inf, 8], [10, 10, np.inf], [10, 10, 8]]],
                      dtype=np.float32)
-    crops = host_part_crops(image, boxes, [0, 1, 2], [False, True, False], 6, MEAN, STD)
+    crops = host_part_crops(image, boxes, [0, 1, 2], [False, True, False], 6, MEAN, STD, PIXEL_SCALE)
     valid = np.array([True, False, False, False, False, True])
     assert not crops[~valid].any()
     assert np.all(crops[valid] != 0)
@@ -102,13 +105,14 @@ def test_body_crops_kernel_matches_cv2_resize_on_random_cases():
     for _ in range(40):
         case = random_body_case(rng)
         crops, transforms = host_body_crops(case["image"], case["boxes"], MEAN, STD, crop_size=case["crop_size"],
-                                            channel_order=case["channel_order"])
+                                            **BODY, channel_order=case["channel_order"])
         np.testing.assert_allclose(crops, body_reference(case), rtol=0, atol=1e-5)
         for box, transform in zip(case["boxes"], transforms):
             np.testing.assert_allclose(transform, hand_computed_transform(box, case["crop_size"]), rtol=1e-6,
                                        atol=1e-4)
-        numpy_crops, numpy_transforms = body_crops(case["image"], case["boxes"], MEAN, STD,
-                                                   crop_size=case["crop_size"], channel_order=case["channel_order"])
+        numpy_crops, numpy_transforms = body_crops(case["image"], case["boxes"], MEAN, STD, scale=1.2,
+                                                   crop_size=case["crop_size"], channel_order=case["channel_order"],
+                                                   pixel_scale=PIXEL_SCALE)
         np.testing.assert_allclose(crops, numpy_crops, rtol=0, atol=2e-6)
         np.testing.assert_array_equal(transforms, numpy_transforms)
 
@@ -118,11 +122,11 @@ def test_body_crop_kernel_of_a_full_hd_frame_in_both_precisions():
     image = image_with_pitch(rng, 720, 1280, 5)
     box = np.array([[100.0, 50.0, 300.0, 450.0]], dtype=np.float32)  # c = (200, 250), S = 480
     reference = body_reference({"image": image, "boxes": box, "crop_size": 256, "channel_order": "rgb"})
-    crops, transforms = host_body_crops(image, box, MEAN, STD)
+    crops, transforms = host_body_crops(image, box, MEAN, STD, crop_size=256, **BODY)
     np.testing.assert_allclose(crops, reference, rtol=0, atol=1e-5)
     expected = [[256 / 480, 0, 256 * (0.5 - 200 / 480)], [0, 256 / 480, 256 * (0.5 - 250 / 480)], [0, 0, 1]]
     np.testing.assert_allclose(transforms[0], expected, rtol=1e-6)
-    halves, _ = host_body_crops(image, box, MEAN, STD, dtype=np.float16)
+    halves, _ = host_body_crops(image, box, MEAN, STD, crop_size=256, **BODY, dtype=np.float16)
     np.testing.assert_array_equal(halves, crops.astype(np.float16))
 
 
@@ -132,8 +136,8 @@ def test_body_crops_kernel_host_rejects_a_bad_box_and_the_kernel_zeros_it(name):
     image = np.full((40, 60, 3), 90, dtype=np.uint8)
     boxes = np.array([[1, 1, 30, 30], box], dtype=np.float32)
     with pytest.raises(InputError, match=rf"person box 1 .*{reason}"):
-        host_body_crops(image, boxes, MEAN, STD, crop_size=8)
-    crops, transforms = host_body_crops(image, boxes, MEAN, STD, crop_size=8, check_boxes=False)
+        host_body_crops(image, boxes, MEAN, STD, crop_size=8, **BODY)
+    crops, transforms = host_body_crops(image, boxes, MEAN, STD, crop_size=8, **BODY, check_boxes=False)
     assert np.all(crops[0] != 0) and transforms[0, 2, 2] == 1
     if name != "fully outside":  # a box off the image still has a valid rectangle: its crop is padding
         assert not crops[1].any() and not transforms[1].any()
@@ -168,7 +172,7 @@ def test_launch_parameters_match_the_kernel_signatures():
 
 
 def test_part_launch_grid_block_and_mirror_mask():
-    hands = launch.part_crops_launch(1, 720, 1280, 3840, "bgr", MEAN, STD, 2, people=3, boxes_per_person=3,
+    hands = launch.part_crops_launch(1, 720, 1280, 3840, "bgr", MEAN, STD, 0.5, 2, people=3, boxes_per_person=3,
                                      parts=[0, 1], mirror=[False, True], crop_size=224, out=3, dtype="float16")
     assert hands.kernel == "part_crops_f16"
     assert hands.block == (32, 8, 1) and hands.grid == (7, 28, 6)
@@ -176,11 +180,12 @@ def test_part_launch_grid_block_and_mirror_mask():
                       [value.value for value in hands.arguments]))
     assert values["first_part"] == 0 and values["parts_per_person"] == 2 and values["mirror_mask"] == 0b10
     assert values["bgr"] == 1 and values["pitch"] == 3840 and values["mean_g"] == pytest.approx(0.456)
-    face = launch.part_crops_launch(1, 720, 1280, 3840, "rgb", MEAN, STD, 2, 1, 3, [2], [False], 256, 3)
+    assert values["pixel_divisor"] == 2.0  # the inverse of the pixel_scale given
+    face = launch.part_crops_launch(1, 720, 1280, 3840, "rgb", MEAN, STD, PIXEL_SCALE, 2, 1, 3, [2], [False], 256, 3)
     assert face.kernel == "part_crops_f32" and face.grid == (8, 32, 1)
     params = face.kernel_params()
     assert len(params) == len(face.arguments)
-    assert ctypes.c_int.from_address(params[16]).value == 256  # crop_size, read as cuLaunchKernel would
+    assert ctypes.c_int.from_address(params[17]).value == 256  # crop_size, read as cuLaunchKernel would
     odd = launch.crop_grid(225, 2)
     assert odd[0] * 32 >= 225 > (odd[0] - 1) * 32 and odd[1] * 8 >= 225 > (odd[1] - 1) * 8
 
@@ -193,10 +198,11 @@ def test_part_launch_grid_block_and_mirror_mask():
     ({"pitch": 3 * 1280 - 1}, "pitch"),
     ({"channel_order": "bgra"}, "channel_order"),
     ({"dtype": "float64"}, "dtype"),
+    ({"pixel_scale": 0.0}, "pixel_scale"),
 ])
 def test_part_launch_rejects_bad_arguments(arguments, message):
     defaults = {"image": 1, "height": 720, "width": 1280, "pitch": 3840, "channel_order": "rgb", "mean": MEAN,
-                "std": STD, "part_boxes": 2, "people": 1, "boxes_per_person": 3, "parts": [0, 1],
+                "std": STD, "pixel_scale": PIXEL_SCALE, "part_boxes": 2, "people": 1, "boxes_per_person": 3, "parts": [0, 1],
                 "mirror": [False, True], "crop_size": 224, "out": 3}
     with pytest.raises(InputError, match=message):
         launch.part_crops_launch(**{**defaults, **arguments})

@@ -49,7 +49,7 @@ def openvino_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scenes(demo_files):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     return [sample_scene(demo_files[1], seed=seed, size=(720, 1280)) for seed in (0, 1)]
 
@@ -83,7 +83,7 @@ def test_fp32_matches_onnxruntime(bundle_dir, scenes):
 
 def test_fp32_is_asked_for_explicitly(bundle_dir):
     """OpenVINO's default on a bf16-capable CPU is bf16; fp32 must not silently become it."""
-    specs = read_bundle(bundle_dir).stage("hand")["inputs"]
+    specs = read_bundle(bundle_dir).stage("hand").inputs
     runner = openvino_backend.OpenVinoRunner(bundle_dir / "hand.onnx", precision="fp32", input_specs=specs).activate()
     compiled = runner.compiled["people1"][0]
     assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
@@ -116,11 +116,11 @@ def test_bf16_stays_within_tolerance_and_keeps_merge_fp32(comparison):
 
 def test_int8_variant_is_in_the_manifest_and_within_tolerance(quantized_bundle, bundle_dir, comparison):
     manifest = read_bundle(quantized_bundle).manifest  # verifies every hash, the int8 graphs' too
-    variant = manifest["variants"]["int8"]
-    assert variant["stages"] == {"body": "body.int8.onnx", "hand": "hand.int8.onnx", "face": "face.int8.onnx"}
-    assert variant["calibration"]["images"] == 3
-    assert set(manifest["files"]) >= set(variant["stages"].values())
-    assert "variants" not in read_bundle(bundle_dir).manifest  # the session bundle is untouched
+    variant = manifest.variants.int8
+    assert variant.stages == {"body": "body.int8.onnx", "hand": "hand.int8.onnx", "face": "face.int8.onnx"}
+    assert variant.calibration.images == 3
+    assert set(manifest.files) >= set(variant.stages.values())
+    assert read_bundle(bundle_dir).manifest.variants.int8 is None  # the session bundle is untouched
     int8 = comparison["precisions"]["int8"]
     assert int8["stage_precisions"] == {"body": "int8", "hand": "int8", "face": "int8", "merge": "fp32"}
     assert 0.0 < int8["vertices_max_mm"] <= INT8_MAX_MM
@@ -151,7 +151,7 @@ def test_compiled_models_are_cached_per_precision(bundle_dir, tmp_path, caplog):
     hand = bundle_dir / "hand.onnx"
     feeds = {"hand_crops": np.random.default_rng(0).normal(size=(1, 2, 3, 224, 224)).astype(np.float32),
              "hand_starts": np.zeros((1, 2, 109), np.float32)}
-    specs = read_bundle(bundle_dir).stage("hand")["inputs"]
+    specs = read_bundle(bundle_dir).stage("hand").inputs
 
     def runner(precision="fp32"):
         return openvino_backend.OpenVinoRunner(hand, precision=precision, input_specs=specs, cache_dir=tmp_path,
@@ -225,7 +225,7 @@ def test_calibration_folders_without_usable_images(bundle_dir, tmp_path, capsys)
     code = main(["quantize", "--bundle", str(bundle_dir), "--calibration", str(broken)])
     assert code == 1
     assert "none of the 1 images could be used" in capsys.readouterr().err
-    assert "variants" not in read_bundle(bundle_dir).manifest
+    assert read_bundle(bundle_dir).manifest.variants.int8 is None
 
 
 def test_backend_module_does_not_import_torch():

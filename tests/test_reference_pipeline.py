@@ -9,7 +9,7 @@ from bodyrt.runtime.outputs import PARAM_KEYS, read_ply
 
 @pytest.fixture(scope="module")
 def sample(demo_files):
-    from bodyrt.export.demo import sample_scene
+    from bodyrt.export.fixtures.scenes import sample_scene
 
     return sample_scene(demo_files[1], size=(360, 640))
 

@@ -27,14 +27,14 @@ PARITY_M = 1e-4  # the issue's bar: ONNX Runtime against PyTorch, metres
 
 @pytest.fixture(scope="module")
 def smpl_arrays_():
-    from bodyrt.export.synthetic import smpl_arrays
+    from bodyrt.export.fixtures.body_models import smpl_arrays
 
     return smpl_arrays(seed=0)
 
 
 @pytest.fixture(scope="module")
 def smpl_path(tmp_path_factory, smpl_arrays_):
-    from bodyrt.export.synthetic import write_body_model
+    from bodyrt.export.fixtures.body_models import write_body_model
 
     return write_body_model(tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.pkl", smpl_arrays_)
 
@@ -115,7 +115,7 @@ def test_hkmr_layer_sizes_follow_the_paper():
 
 
 def test_hkmr_chains_partition_the_smpl_tree():
-    from bodyrt.export.synthetic import SMPL_PARENTS
+    from bodyrt.export.fixtures.body_models import SMPL_PARENTS
 
     joints = [joint for chain in hkmr.CHAINS.values() for joint in chain]
     assert sorted(joints) == list(range(24))
@@ -319,7 +319,7 @@ def test_segment_scaled_body_is_smpl_skinning_without_blend_shapes(smpl_arrays_,
 
 def test_segment_scales_stretch_segments_about_their_joints(smpl_path):
     from bodyrt.export.body_model import load_body_model
-    from bodyrt.export.synthetic import SMPL_PARENTS
+    from bodyrt.export.fixtures.body_models import SMPL_PARENTS
 
     body = deform_learn.SegmentScaledBody(load_body_model(smpl_path)).double()
     generator = torch.Generator().manual_seed(1)
@@ -430,16 +430,17 @@ def test_manifest_describes_a_body_only_smpl_bundle(arch, bundles):
     from bodyrt.runtime.bundle import read_bundle
 
     manifest = read_bundle(bundles[arch]).manifest
-    assert manifest["arch"] == arch and manifest["parts"] == []
-    assert [stage["name"] for stage in manifest["stages"]] == ["body"]
-    assert [step["op"] for step in manifest["steps"]] == ["body_crop", "graph", "pinhole"]
-    assert manifest["steps"][0]["crop_size"] == 224
-    assert manifest["stages"][0]["inputs"][0]["shape"] == ["people", 3, 224, 224]
-    assert manifest["mesh"]["model"] == "smpl" and manifest["mesh"]["num_vertices"] == 6890
-    assert len(manifest["mesh"]["faces"]) == 13776
-    assert manifest["source"]["untrained"] is True
-    assert set(manifest["files"]) == {"body.onnx"}
-    assert {"vertices", "joints", "global_orient", "body_pose", "camera_scale"} <= set(manifest["results"])
+    assert manifest.arch == arch and manifest.fp32_stages == ()
+    assert [stage.name for stage in manifest.stages] == ["body"]
+    assert [step.op for step in manifest.steps] == ["body_crop", "graph", "pinhole"]
+    assert [step.name for step in manifest.steps] == ["body_crop", "body", "pinhole"]
+    assert manifest.steps[0].crop_size == 224
+    assert manifest.stages[0].inputs[0].shape == ("people", 3, 224, 224)
+    assert manifest.mesh.model == "smpl" and manifest.mesh.num_vertices == 6890
+    assert len(manifest.mesh.faces) == 13776
+    assert manifest.source.untrained is True
+    assert set(manifest.files) == {"body.onnx"}
+    assert {"vertices", "joints", "global_orient", "body_pose", "camera_scale"} <= set(manifest.results)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -497,7 +498,7 @@ def test_bodyrt_run_writes_outputs(arch, bundles, tmp_path):
     assert sum(line.startswith("f ") for line in obj_lines) == 13776
     assert (out / "person_overlay.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["images"][0]["timings_ms"]) >= {"body_crop", "body", "camera"}
+    assert set(summary["images"][0]["timings_ms"]) >= {"body_crop", "body", "pinhole"}
 
 
 def test_bench_times_runtime_and_reference(bundles, checkpoints, smpl_path, capsys):

@@ -14,7 +14,7 @@ import torch
 from bodyrt.errors import BodyModelError
 from bodyrt.export.body_model import BodyModel, load_body_model
 from bodyrt.export.rotations import axis_angle_to_matrix
-from bodyrt.export.synthetic import (SMPL_JOINT_NAMES, SMPLX_JOINT_NAMES, smpl_arrays, smplx_arrays,
+from bodyrt.export.fixtures.body_models import (SMPL_JOINT_NAMES, SMPLX_JOINT_NAMES, smpl_arrays, smplx_arrays,
                                      write_smpl_model)
 
 # The official kinematic trees (kintree_table row 0, root as -1), written out by hand.
@@ -124,7 +124,7 @@ def test_names_and_vertex_ids_are_those_of_the_smplx_package():
     from smplx.vertex_ids import vertex_ids
 
     from bodyrt.export.body_model import SMPL_VERTEX_JOINT_IDS, SMPLX_VERTEX_JOINT_IDS, VERTEX_JOINT_NAMES
-    from bodyrt.export.synthetic import SMPL_KEYPOINT_VERTICES, SMPLX_KEYPOINT_VERTICES
+    from bodyrt.export.fixtures.body_models import SMPL_KEYPOINT_VERTICES, SMPLX_KEYPOINT_VERTICES
 
     assert [name.replace("_smplhf", "") for name in JOINT_NAMES[:55]] == list(SMPLX_JOINT_NAMES)
     assert JOINT_NAMES[55:76] == list(VERTEX_JOINT_NAMES)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 TENSORRT_WHEELS = {"11.4": "tensorrt-cu13-bindings==11.4.0.106", "10.13": "tensorrt-cu13-bindings==10.13.3.9"}
 CUDA_BINDINGS_VERSIONS = ("12.9.4", "13.0.3")  # the last CUDA 12 line (older drivers) and CUDA 13
 TENSORRT_SOURCES = ("export/tensorrt.py", "runtime/tensorrt_backend.py")
-CUDA_SOURCES = ("runtime/gpu.py",)
+CUDA_SOURCES = ("runtime/device.py",)
 
 
 def pip(*arguments, timeout=240):
@@ -187,7 +187,7 @@ def argument_count(arguments):
 
 
 def cuda_names_used() -> dict:
-    """{"attributes": [chain...], "calls": [(function, argument count or None)]} for runtime/gpu.py."""
+    """{"attributes": [chain...], "calls": [(function, argument count or None)]} for runtime/device.py."""
     attributes, calls = [], []
     for path in CUDA_SOURCES:
         source = (REPO / path).read_text()
@@ -232,7 +232,7 @@ CUDA_CHECK = textwrap.dedent("""
             arity.append(f"{function}: bodyrt passes {count}, the signature is {signature}")
     # without a driver, CudaDevice must say so as bodyrt's error, not crash
     from bodyrt.errors import BackendUnavailableError
-    from bodyrt.runtime.gpu import CudaDevice
+    from bodyrt.runtime.device import CudaDevice
     try:
         CudaDevice(0)
         driverless = "no error"

@@ -115,7 +115,7 @@ typedef struct bodyrt_result { uint64_t id; } bodyrt_result;
 typedef struct bodyrt_options {
     const char *backend;   /* native library: "openvino" (the default and only one);
                               embedded library: "onnxruntime" (the default), "openvino", ... */
-    int threads;           /* CPU threads per stage, >= 1 (default 2) */
+    int threads;           /* CPU threads per stage, 1 to the CPU count (default 2) */
     const char *precision; /* "fp32" (the default), "bf16" (a CPU with native bf16), "int8"
                               (a bundle with an int8 variant); bf16 and int8 need "openvino" */
 } bodyrt_options;

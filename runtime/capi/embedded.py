@@ -18,6 +18,7 @@ import numpy as np
 
 from bodyrt import __version__
 from bodyrt.errors import BackendUnavailableError, BodyrtError, BundleError, InputError
+from bodyrt.images import MAX_PIXELS
 from bodyrt.runtime import open_bundle
 
 ffi = None  # the library's cffi module objects, set by install()
@@ -189,6 +190,9 @@ def run(pipeline_id, pixels, width, height, row_stride, channel_order, boxes, pe
     require_positive(height, "height")
     if row_stride < 3 * width:
         raise InputError(f"row_stride {row_stride} is smaller than a row of {width} pixels ({3 * width} bytes)")
+    if width * height > MAX_PIXELS:  # the CLI's limit too; INT_MAX x INT_MAX would be read, copied, run
+        raise InputError(f"image of {width}x{height} pixels is too large (at most {MAX_PIXELS // 1_000_000} "
+                         "million pixels)")
     if channel_order not in CHANNEL_ORDERS:
         raise InputError(f"channel_order {channel_order} is neither BODYRT_RGB nor BODYRT_BGR")
     require_pointer(boxes, "boxes")

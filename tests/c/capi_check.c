@@ -207,6 +207,8 @@ static int check_errors(char **argv)
     REPORT("create_zero_threads", bodyrt_create(bundle, &options, &pipeline));
     options.threads = -3;
     REPORT("create_negative_threads", bodyrt_create(bundle, &options, &pipeline));
+    options.threads = 100000;  /* once grew a process to 7.7 GB: bounded by the CPU count now */
+    REPORT("create_too_many_threads", bodyrt_create(bundle, &options, &pipeline));
     options = bodyrt_default_options();
     options.backend = NULL;
     REPORT("create_null_backend", bodyrt_create(bundle, &options, &pipeline));
@@ -222,6 +224,8 @@ static int check_errors(char **argv)
     REPORT("run_negative_height", bodyrt_run(pipeline, image, width, -5, stride, BODYRT_RGB, box, 1, &result));
     REPORT("run_short_stride", bodyrt_run(pipeline, image, width, height, stride - 1, BODYRT_RGB, box, 1, &result));
     REPORT("run_negative_stride", bodyrt_run(pipeline, image, width, height, -stride, BODYRT_RGB, box, 1, &result));
+    /* INT_MAX rows of a 700-million-pixel-wide image: refused from the numbers, never read */
+    REPORT("run_huge_image", bodyrt_run(pipeline, image, INT_MAX / 3, INT_MAX, INT_MAX, BODYRT_RGB, box, 1, &result));
     REPORT("run_bad_channel_order", bodyrt_run(pipeline, image, width, height, stride, (bodyrt_channel_order)7, box, 1, &result));
     REPORT("run_null_boxes", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, NULL, 1, &result));
     REPORT("run_zero_persons", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, box, 0, &result));

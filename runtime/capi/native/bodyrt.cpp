@@ -16,6 +16,8 @@
 #include <new>
 #include <unordered_map>
 
+#include <unistd.h>
+
 #include "bodyrt.h"
 #include "errors.h"
 #include "pipeline.h"
@@ -36,6 +38,8 @@ const char* const OUTPUT_NAMES[OUTPUT_COUNT] = {
 
 // Widths the crop kernel indexes in int (column * 3 + channel).
 constexpr int MAX_IMAGE_WIDTH = std::numeric_limits<int>::max() / 3;
+// The embedded C API's and the CLI's limits (bodyrt/images.py MAX_PIXELS, bodyrt/limits.py).
+constexpr int64_t MAX_PIXELS = 100000000;
 
 thread_local char thread_error[1024];
 
@@ -191,6 +195,17 @@ void require_positive(int64_t value, const char* name)
     if (value <= 0) throw InvalidArgument(std::string(name) + " must be > 0, got " + std::to_string(value));
 }
 
+// Threads: 1 to this machine's CPU count, as bodyrt.limits.max_threads (os.cpu_count()).
+void require_threads(int threads)
+{
+    require_positive(threads, "options->threads");
+    long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < 1) cpus = 1;
+    if (threads > cpus)
+        throw InvalidArgument("options->threads must be between 1 and " + std::to_string(cpus) +
+                              " (this machine's CPUs), got " + std::to_string(threads));
+}
+
 std::string shape_text(const std::vector<int64_t>& shape)
 {
     std::string text = "(";
@@ -261,7 +276,7 @@ BODYRT_API bodyrt_status bodyrt_create(const char* bundle_dir, const bodyrt_opti
         if (options == nullptr) options = &defaults;
         require_pointer(bundle_dir, "bundle_dir");
         require_pointer(options->backend, "options->backend");
-        require_positive(options->threads, "options->threads");
+        require_threads(options->threads);
         require_pointer(options->precision, "options->precision");
         require_pointer(pipeline, "pipeline");
         PipelineOptions settings;
@@ -337,6 +352,10 @@ BODYRT_API bodyrt_status bodyrt_run(bodyrt_pipeline pipeline, const uint8_t* pix
         if (row_stride > (std::numeric_limits<int64_t>::max() - 3 * int64_t(width)) / height)
             throw InvalidArgument("an image of " + std::to_string(height) + " rows of " + std::to_string(row_stride) +
                                   " bytes is larger than any address space");
+        if (int64_t(width) * height > MAX_PIXELS)
+            throw InvalidArgument("image of " + std::to_string(width) + "x" + std::to_string(height) +
+                                  " pixels is too large (at most " + std::to_string(MAX_PIXELS / 1000000) +
+                                  " million pixels)");
         int order = enum_value(channel_order);
         if (order != BODYRT_RGB && order != BODYRT_BGR)
             throw InvalidArgument("channel_order " + std::to_string(order) + " is neither BODYRT_RGB nor BODYRT_BGR");

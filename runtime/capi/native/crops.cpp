@@ -1,9 +1,7 @@
 // crops.cpp: the crop kernels of kernels/crops.cu, run on the host (one emulated thread per crop
 // pixel, as kernels/crops_host.cpp runs them for the tests), behind typed functions.
 //
-// The kernel divides pixels by 255 itself; the pixel divisor of the manifest is passed down to
-// here and checked against it, so a kernel that takes the divisor as a parameter changes
-// check_pixel_divisor and the two launches below, nothing else.
+// The kernels take the pixel divisor (the inverse of the manifest's preprocessing.pixel_scale).
 #include "crops.h"
 
 #include <cmath>
@@ -25,13 +23,6 @@ dim3 crop_grid(int crop_size, int crop_count)
 }
 
 const dim3 CROP_BLOCK{32, 8, 1};
-
-void check_pixel_divisor(float pixel_divisor)
-{
-    if (pixel_divisor != 255.0f)
-        throw BundleError("the bundle's pixel_scale is 1/" + std::to_string(pixel_divisor) +
-                          ", but this crop kernel divides pixels by 255; use a bodyrt whose kernel takes the divisor");
-}
 
 std::string format_box(const char* what, int index, const char* fields, const double* values, int count)
 {
@@ -77,7 +68,6 @@ void check_person_boxes(const float* boxes, int people, int width, int height, d
 void body_crops(const ImageView& image, const float* person_boxes, int people, const Preprocessing& preprocessing,
                 int crop_size, double box_scale, std::vector<float>& crops, std::vector<float>& transforms)
 {
-    check_pixel_divisor(preprocessing.pixel_divisor);
     check_person_boxes(person_boxes, people, image.width, image.height, box_scale);
     crops.assign(size_t(people) * 3 * crop_size * crop_size, 0.0f);
     transforms.assign(size_t(people) * 9, 0.0f);
@@ -87,7 +77,7 @@ void body_crops(const ImageView& image, const float* person_boxes, int people, c
     float* transform_out = transforms.data();
     emulate_launch(crop_grid(crop_size, people), CROP_BLOCK, [&] {
         body_crops_f32(image.pixels, image.height, image.width, (long long)image.row_stride, image.bgr ? 1 : 0, mean[0],
-                       mean[1], mean[2], std[0], std[1], std[2], person_boxes, box_scale, crop_size, out, transform_out);
+                       mean[1], mean[2], std[0], std[1], std[2], preprocessing.pixel_divisor, person_boxes, box_scale, crop_size, out, transform_out);
     });
 }
 
@@ -95,7 +85,6 @@ void part_crops(const ImageView& image, const float* part_boxes, int people, int
                 int part_count, const std::vector<bool>& mirror, const Preprocessing& preprocessing, int crop_size,
                 std::vector<float>& crops)
 {
-    check_pixel_divisor(preprocessing.pixel_divisor);
     if (first_part < 0 || first_part + part_count > boxes_per_person || part_count < 1 || first_part + part_count > 32)
         throw BundleError("part crops of boxes " + std::to_string(first_part) + ".." +
                           std::to_string(first_part + part_count - 1) + " but the body stage gives " +
@@ -119,7 +108,7 @@ void part_crops(const ImageView& image, const float* part_boxes, int people, int
     float* out = crops.data();
     emulate_launch(crop_grid(crop_size, crop_count), CROP_BLOCK, [&] {
         part_crops_f32(image.pixels, image.height, image.width, (long long)image.row_stride, image.bgr ? 1 : 0,
-                       mean[0], mean[1], mean[2], std[0], std[1], std[2], part_boxes, boxes_per_person, first_part,
+                       mean[0], mean[1], mean[2], std[0], std[1], std[2], preprocessing.pixel_divisor, part_boxes, boxes_per_person, first_part,
                        part_count, mirror_mask, crop_size, out);
     });
 }

@@ -1,14 +1,18 @@
-// manifest.cpp: the one reader of manifest.json (format 1), with nlohmann::json.
+// manifest.cpp: the one reader of manifest.json (format 2), with nlohmann::json.
 //
 // Every value is type-checked as it is read, and a failure names the manifest and the key, e.g.
-// "/b/manifest.json: steps[0].crop_size must be an integer". Format 2 (typed fields, unique step
-// names) will change this file only: the rest of the library sees the structs of manifest.h.
+// "/b/manifest.json: steps[0].crop_size must be an integer". As in runtime/manifest.py (the
+// Python parser, the reference for what a manifest may hold), every object's keys are checked:
+// an unknown key or a missing required one is an error, so a typo cannot fall back to a default.
+// The rest of the library sees the structs of manifest.h.
 #include "manifest.h"
 
 #include <sys/stat.h>
 
 #include <cmath>
 #include <fstream>
+#include <initializer_list>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -55,6 +59,22 @@ public:
     }
 
     bool has(const std::string& key) const { return value_.is_object() && value_.contains(key); }
+
+    // The object's keys: all of required present, nothing outside required and optional.
+    void keys(std::initializer_list<const char*> required, std::initializer_list<const char*> optional = {}) const
+    {
+        if (!value_.is_object()) fail("", "must be an object");
+        std::set<std::string> allowed;
+        std::string listed;
+        for (auto group : {required, optional})
+            for (const char* key : group) {
+                allowed.insert(key);
+                listed += (listed.empty() ? "" : ", ") + std::string(key);
+            }
+        for (const auto& item : value_.items())
+            if (!allowed.count(item.key())) fail(item.key(), "is an unknown key (allowed: " + listed + ")");
+        for (const char* key : required) at(key);
+    }
 
     std::string string(const std::string& key) const
     {
@@ -120,6 +140,8 @@ json parse_file(const std::string& manifest_path)
 TensorSpec read_tensor_spec(const Reader& stage, const json& item, size_t index)
 {
     Reader input = stage.child(item, "inputs[" + std::to_string(index) + "].");
+    input.keys({"name", "shape", "dtype"});
+    input.string("dtype");
     TensorSpec spec;
     spec.name = input.string("name");
     for (const json& dim : input.array("shape")) {
@@ -136,7 +158,6 @@ TensorSpec read_tensor_spec(const Reader& stage, const json& item, size_t index)
 
 float pixel_divisor_of(const Reader& preprocessing)
 {
-    if (!preprocessing.has("pixel_scale")) return 255.0f;  // bundles from before the key: pixel / 255
     double scale = preprocessing.number("pixel_scale");
     if (!(scale > 0.0)) preprocessing.fail("pixel_scale", "must be > 0");
     return float(1.0 / scale);
@@ -145,6 +166,7 @@ float pixel_divisor_of(const Reader& preprocessing)
 Preprocessing read_preprocessing(const Reader& root)
 {
     Reader preprocessing = root.child(root.at("preprocessing"), "preprocessing.");
+    preprocessing.keys({"mean", "std", "pixel_scale"});
     Preprocessing result;
     const char* keys[2] = {"mean", "std"};
     float* targets[2] = {result.mean, result.std};
@@ -169,16 +191,16 @@ StepSpec read_step(const Reader& root, const json& item, size_t index)
     step.name = reader.string("name");
     std::string op = reader.string("op");
     if (op == "body_crop") {
+        reader.keys({"name", "op", "boxes", "crops", "transforms", "crop_size", "box_scale"});
         step.kind = StepKind::body_crop;
         step.boxes = reader.string("boxes");
-        std::vector<std::string> outputs = reader.strings("outputs");
-        if (outputs.size() != 2) reader.fail("outputs", "must name the crops and the crop transforms");
-        step.crops = outputs[0];
-        step.transforms = outputs[1];
+        step.crops = reader.string("crops");
+        step.transforms = reader.string("transforms");
         step.crop_size = int(reader.integer("crop_size", 2));
         step.box_scale = reader.number("box_scale");
         if (!(step.box_scale > 0.0)) reader.fail("box_scale", "must be > 0");
     } else if (op == "part_crops") {
+        reader.keys({"name", "op", "boxes", "parts", "mirror", "crop_size", "output"});
         step.kind = StepKind::part_crops;
         step.boxes = reader.string("boxes");
         step.output = reader.string("output");
@@ -197,17 +219,21 @@ StepSpec read_step(const Reader& root, const json& item, size_t index)
         step.first_part = parts[0].get<int>();
         step.part_count = int(parts.size());
     } else if (op == "graph") {
+        reader.keys({"name", "op", "stage"});
         step.kind = StepKind::graph;
         step.stage = reader.string("stage");
     } else if (op == "pinhole") {
+        reader.keys({"name", "op", "scale", "translation", "crop_transforms", "focal_length", "crop_size",
+                     "focal_length_output", "translation_output"});
         step.kind = StepKind::pinhole;
         step.scale = reader.string("scale");
         step.translation = reader.string("translation");
         step.crop_transforms = reader.string("crop_transforms");
         step.focal_length = reader.number("focal_length");
+        if (!(step.focal_length > 0.0)) reader.fail("focal_length", "must be > 0");
         step.crop_size = int(reader.integer("crop_size", 1));
-        step.focal_length_output = "focal_length";  // format 1 names them implicitly
-        step.translation_output = "pinhole_translation";
+        step.focal_length_output = reader.string("focal_length_output");
+        step.translation_output = reader.string("translation_output");
     } else {
         reader.fail("op", "is '" + op + "', which this libbodyrt does not run");
     }
@@ -250,6 +276,14 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify)
                           std::to_string(MANIFEST_FORMAT_VERSION) + "; re-export the bundle with this bodyrt");
     manifest.format_version = MANIFEST_FORMAT_VERSION;
     Reader root(manifest_path, document, "");
+    root.keys({"format", "format_version", "arch", "created", "tools", "source", "preprocessing", "fp32_stages",
+               "stages", "steps", "results", "mesh", "files"},
+              {"variants", "gpu"});  // gpu: read by the GPU backends only
+    root.string("arch");
+    root.string("created");
+    if (!root.at("tools").is_object()) root.fail("tools", "must be an object");
+    Reader source = root.child(root.at("source"), "source.");
+    source.keys({"checkpoint", "checkpoint_sha256", "body_model", "body_model_sha256", "untrained"});
 
     const json& files = root.at("files");
     if (!files.is_object()) root.fail("files", "must map file names to sha256 digests");
@@ -260,10 +294,12 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify)
     }
 
     manifest.preprocessing = read_preprocessing(root);
-    std::vector<std::string> keep_fp32 = root.has("fp32_stages") ? root.strings("fp32_stages") : std::vector<std::string>();
+    std::vector<std::string> keep_fp32 = root.strings("fp32_stages");
     std::map<std::string, std::string> int8_files;
-    if (root.has("variants") && root.at("variants").is_object() && root.at("variants").contains("int8")) {
+    if (root.has("variants")) root.child(root.at("variants"), "variants.").keys({}, {"int8"});
+    if (root.has("variants") && root.at("variants").contains("int8")) {
         Reader variant = root.child(root.at("variants")["int8"], "variants.int8.");
+        variant.keys({"stages", "method", "calibration", "calibration_deviation", "tools", "created"});
         const json& stages = variant.at("stages");
         if (!stages.is_object()) variant.fail("stages", "must map stage names to files");
         for (const auto& [name, file] : stages.items()) {
@@ -275,6 +311,8 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify)
     const json& stages = root.array("stages");
     for (size_t index = 0; index < stages.size(); ++index) {
         Reader reader = root.child(stages[index], "stages[" + std::to_string(index) + "].");
+        reader.keys({"name", "file", "inputs", "outputs"});
+        reader.array("outputs");
         StageSpec stage;
         stage.name = reader.string("name");
         stage.file = reader.string("file");
@@ -291,13 +329,17 @@ Manifest read_manifest(const std::string& bundle_dir, bool verify)
         manifest.stages.push_back(stage);
     }
     const json& steps = root.array("steps");
+    std::set<std::string> step_names;
     for (size_t index = 0; index < steps.size(); ++index) {
         manifest.steps.push_back(read_step(root, steps[index], index));
+        if (!step_names.insert(manifest.steps.back().name).second)
+            root.fail("steps[" + std::to_string(index) + "].name", "'" + manifest.steps.back().name + "' is used twice");
         if (manifest.steps.back().kind == StepKind::graph) manifest.stage(manifest.steps.back().stage);
     }
     manifest.results = root.strings("results");
 
     Reader mesh = root.child(root.at("mesh"), "mesh.");
+    mesh.keys({"model", "num_vertices", "faces"});
     int64_t vertex_count = mesh.integer("num_vertices", 1);
     for (const json& face : mesh.array("faces")) {
         if (!face.is_array() || face.size() != 3) mesh.fail("faces", "must be a list of vertex index triples");

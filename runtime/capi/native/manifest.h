@@ -11,7 +11,7 @@
 
 namespace bodyrt {
 
-constexpr int MANIFEST_FORMAT_VERSION = 1;
+constexpr int MANIFEST_FORMAT_VERSION = 2;
 
 // One graph input: its name and shape, -1 on the person axis ("people" in the manifest).
 struct TensorSpec {
