@@ -75,7 +75,9 @@ def _export(args):
 def _add_run(commands):
     parser = commands.add_parser(
         "run", help="run images through an exported bundle, or through the PyTorch reference pipeline")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="JPEG or PNG files, folders (their JPEG and PNG files, recursively) or quoted glob "
+                             "patterns ('photos/**/*.jpg')")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", help="exported bundle directory (torch-free runtime)")
     source.add_argument("--checkpoint", help="ExPose or bodyrt checkpoint (PyTorch reference pipeline)")
@@ -83,7 +85,18 @@ def _add_run(commands):
     parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
                         help="person box in pixels; repeat for several people (applies to every image); "
                              "default: the whole image")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--boxes", metavar="JSON", help="per-image person boxes: {image: [[x0, y0, x1, y1], ...]} "
+                        "or COCO detections (bbox x, y, width, height; category 1)")
+    parser.add_argument("--min-score", type=float, default=0.5,
+                        help="drop COCO detections scoring below this (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="output directory (one folder per image, mirroring the "
+                        "inputs' folders, and one summary-<run id>.json per run)")
+    parser.add_argument("--coords", choices=["yup", "camera"], default="yup",
+                        help="axes of the PLY and OBJ meshes, placed in the scene: yup (x right, y up, the camera "
+                             "looking down -z: Blender, MeshLab, three.js) or camera (x right, y down, z forward: "
+                             "OpenCV, params.npz) (default: %(default)s)")
+    parser.add_argument("--overlay", choices=["on", "off"], default="on",
+                        help="write overlay.png per image (default: %(default)s)")
     _add_threads(parser)
     parser.add_argument("--backend", default="onnxruntime", help="runtime backend for --bundle: onnxruntime, "
                         "openvino, or on a GPU tensorrt or cuda (default: %(default)s)")
@@ -103,7 +116,8 @@ def _run_images(args):
         raise InputError("--backend and --precision apply to --bundle; the --checkpoint reference runs PyTorch fp32")
     run_images(args.images, out_dir=args.out, boxes=args.box, bundle=args.bundle,
                checkpoint=args.checkpoint, body_model=args.body_model, threads=args.threads,
-               backend=args.backend, precision=args.precision)
+               backend=args.backend, precision=args.precision, boxes_file=args.boxes, min_score=args.min_score,
+               coords=args.coords, overlay=args.overlay == "on")
 
 
 def _add_bench(commands):
@@ -197,7 +211,9 @@ def _add_convert(commands):
     smpl.add_argument("input", metavar="INPUT", help=".npz with SMPL 'vertices' (N, 6890, 3), or SMPL parameters "
                       "('betas', 'global_orient', 'body_pose' axis-angle, optional 'transl')")
     smpl.add_argument("--correspondence", required=True,
-                      help=".npz SMPL -> SMPL-X correspondence (triangle, triangle_vertices, barycentric, valid)")
+                      help="SMPL -> SMPL-X correspondence: the SMPL-X transfer_model tool's "
+                           "smpl2smplx_deftrafo_setup.pkl, or bodyrt's .npz (triangle, triangle_vertices, "
+                           "barycentric, valid)")
     smpl.add_argument("--smplx-model", required=True, help="SMPL-X model file to fit")
     smpl.add_argument("--smpl-model", help="SMPL model file; needed when INPUT holds parameters")
     smpl.add_argument("--out", required=True, help=".npz to write, one row per input body")
@@ -245,6 +261,53 @@ def _build_capi(args):
     print(f"bodyrt: compile a program with: {' '.join(command)}")
 
 
+def _add_serve(commands):
+    parser = commands.add_parser(
+        "serve", help="serve a bundle over HTTP on Ray Serve: replicas, request batching, one machine or a cluster")
+    parser.add_argument("--bundle", required=True, help="exported bundle directory (at the same path on every "
+                        "node of a cluster)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas, each opening the bundle once "
+                        "(default: %(default)s)")
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs Ray reserves for each replica; "
+                        "its inference threads follow it (default: %(default)s)")
+    parser.add_argument("--backend", default="onnxruntime", help="onnxruntime or openvino (default: %(default)s)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                        help="as for bodyrt run (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=4, help="requests grouped on a replica at most; "
+                        "1 turns batching off (default: %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="longest wait for a group to fill "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body; larger get 413 "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, checked before decoding "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-persons", type=int, default=16, help="most boxes in one request (default: %(default)s)")
+    parser.add_argument("--request-timeout-s", type=float, default=60.0, help="time limit of one request on a "
+                        "replica; past it 504 (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on "
+                        "(default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--address", help="a running Ray cluster (auto, HEAD:6379 or ray://HEAD:10001); "
+                        "default: start a local single-node Ray")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args):
+    from bodyrt.serve import RequestLimits, ServeSettings, serve_forever
+
+    for name in ("max_upload_mb", "max_megapixels"):
+        value = getattr(args, name)
+        if not value > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    limits = RequestLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                           max_image_pixels=int(args.max_megapixels * 1_000_000), max_persons=args.max_persons,
+                           request_timeout_s=args.request_timeout_s, max_batch_size=args.max_batch_size,
+                           batch_wait_ms=args.batch_wait_ms)
+    serve_forever(ServeSettings(bundle=args.bundle, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
+                                backend=args.backend, precision=args.precision, limits=limits, host=args.host,
+                                port=args.port, address=args.address))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bodyrt", description="Export and run whole-body (body, hands, face) mesh regressors.")
@@ -259,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_convert(commands)
     _add_build_capi(commands)
+    _add_serve(commands)
     return parser
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BodyrtError, InputError
-from bodyrt.progress import progress
+from bodyrt.progress import progress, waiting
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -74,7 +74,8 @@ def compare_precisions(bundle, scenes: list[tuple], backend: str = "openvino", p
     pipelines, skipped = {}, {}
     for precision in precisions:
         try:
-            pipelines[precision] = open_bundle(bundle, backend=backend, threads=threads, precision=precision)
+            with waiting(f"compare: opening {backend} {precision} (compiling its models the first time)"):
+                pipelines[precision] = open_bundle(bundle, backend=backend, threads=threads, precision=precision)
         except BodyrtError as error:
             if precision == "fp32":
                 raise

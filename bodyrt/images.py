@@ -10,7 +10,7 @@ from bodyrt.errors import InputError
 MAX_PIXELS = 100_000_000
 
 
-def load_image(path) -> np.ndarray:
+def load_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB, upright.
 
     The EXIF orientation tag is applied (a phone photo tagged "rotate 90" comes out as it is shown),
@@ -22,46 +22,72 @@ def load_image(path) -> np.ndarray:
     installed, every JPEG is also decoded by libjpeg-turbo with its warnings turned into errors
     (see check_jpeg_data).
     """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path}: not a regular file (a folder, pipe or device); give a JPEG or PNG file")
+    try:
+        return _decode(lambda: path, path, max_pixels)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such image file") from None
+
+
+def decode_image(data: bytes, name: str = "uploaded image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode JPEG or PNG bytes (an HTTP upload) to (H, W, 3) uint8 RGB, upright.
+
+    The same checks as load_image: EXIF orientation applied, PNG checksums verified, the pixel count
+    checked from the header before decoding. `name` is how error messages refer to the bytes.
+    """
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"{name}: expected image bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise InputError(f"{name}: empty; give JPEG or PNG bytes")
+    return _decode(lambda: io.BytesIO(data), name, max_pixels)
+
+
+def _decode(open_source, name, max_pixels: int) -> np.ndarray:
+    """Decode what open_source() returns (a path or a fresh byte stream); errors name `name`."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise InputError(f"{path}: not a regular file (a folder, pipe or device); give a JPEG or PNG file")
     try:
         with warnings.catch_warnings():
             # Pillow warns past 89 Mpx and raises past 179 Mpx; bodyrt's own limit (checked from the
             # header, before decoding) is the one the user sees.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(open_source()) as image:
                 if image.format not in ("JPEG", "PNG"):
-                    raise InputError(f"{path}: unsupported image format {image.format}; give a JPEG or PNG file")
-                if image.width * image.height > MAX_PIXELS:
-                    raise InputError(f"{path}: image of {image.width}x{image.height} pixels is too large "
-                                     f"(at most {MAX_PIXELS // 1_000_000} million pixels)")
+                    raise InputError(f"{name}: unsupported image format {image.format}; give a JPEG or PNG file")
+                if image.width * image.height > max_pixels:
+                    raise InputError(f"{name}: image of {image.width}x{image.height} pixels is too large "
+                                     f"(at most {_millions(max_pixels)} million pixels)")
                 if image.format == "PNG":
                     image.verify()  # every chunk's CRC; the file must be opened again to decode it
                 if image.format == "JPEG":
-                    check_jpeg_data(path)
-            with Image.open(path) as image:
+                    source = open_source()
+                    check_jpeg_data(source.read_bytes() if isinstance(source, Path) else source.getvalue(), name)
+            with Image.open(open_source()) as image:
                 image.load()
                 upright = ImageOps.exif_transpose(image)
-                return _to_rgb8(upright, path)
+                return _to_rgb8(upright, name)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such image file") from None
+        raise
     except Image.DecompressionBombError:
-        raise InputError(f"{path}: image is too large (over {MAX_PIXELS // 1_000_000} million pixels)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
-        raise InputError(f"{path}: not a readable image ({error})") from None
+        raise InputError(f"{name}: image is too large (over {_millions(max_pixels)} million pixels)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not a readable image (neither JPEG nor PNG data)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise InputError(f"{name}: not a readable image ({error})") from None
 
 
 _warned_unchecked_jpeg = False
 
 
-def check_jpeg_data(path: Path) -> None:
+def check_jpeg_data(data: bytes, name) -> None:
     """Decode the JPEG with libjpeg-turbo's warnings as errors ("Corrupt JPEG data: N extraneous bytes",
-    "premature end of data segment", bad Huffman codes): InputError naming the file if there is one.
+    "premature end of data segment", bad Huffman codes): InputError naming `name` if there is one.
 
     Needs the `strict-jpeg` extra (simplejpeg); without it, one warning per process says JPEGs go
     unchecked."""
@@ -75,17 +101,20 @@ def check_jpeg_data(path: Path) -> None:
                 "JPEG files are decoded without a corruption check (garbled data gives wrong pixels "
                 "silently); install the check with: pip install \".[strict-jpeg]\"")
         return
-    data = path.read_bytes()
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
         target = "CMYK" if colorspace in ("CMYK", "YCCK") else "GRAY" if colorspace == "Gray" else "RGB"
         simplejpeg.decode_jpeg(data, colorspace=target, strict=True)
     except ValueError as error:
-        raise InputError(f"{path}: corrupted JPEG data ({str(error).strip() or 'decoder error'}); "
+        raise InputError(f"{name}: corrupted JPEG data ({str(error).strip() or 'decoder error'}); "
                          "the file is damaged") from None
 
 
-def _to_rgb8(image, path: Path) -> np.ndarray:
+def _millions(pixels: int) -> str:
+    return f"{pixels / 1_000_000:g}"
+
+
+def _to_rgb8(image, path) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.float64)
         maximum = 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0

@@ -140,6 +140,5 @@ def bundle_operations(bundle, people: int = 1) -> dict:
     """stage name -> graph_operations of its fp32 graph for `people` persons."""
     from bodyrt.runtime.openvino_backend import static_shapes
 
-    return {stage.name: graph_operations(bundle.file(stage.file), static_shapes(
-                [{"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype} for spec in stage.inputs], people))
+    return {stage.name: graph_operations(bundle.file(stage.file), static_shapes(stage.inputs, people))
             for stage in bundle.manifest.stages}

@@ -19,6 +19,7 @@ import torch
 
 import bodyrt
 from bodyrt.errors import ExportError
+from bodyrt.files import apply_umask
 from bodyrt.export import layout
 from bodyrt.export.stages import MergeStage
 from bodyrt.export.out_folder import check_out_dir, make_staging, remove_stale_staging, swap_in
@@ -243,6 +244,7 @@ def build_bundle(out_dir, specs: list[dict], samples: dict, threads: int, make_m
         manifest["files"] = {file: sha256_of(staging / file) for file in stage_files.values()}
         manifest = parse_manifest(manifest, "exported manifest")  # export writes only what the runtime reads
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest.to_json()))
+        apply_umask(staging)  # mkdtemp made it 0700: a bundle is shared like any folder (0755 under umask 022)
         swap_in(staging, out_dir)
     except OSError as error:  # a full disk, a folder made read-only meanwhile: one line naming the file
         shutil.rmtree(staging, ignore_errors=True)

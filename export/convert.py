@@ -25,6 +25,7 @@ Correspondence file (.npz), one row per SMPL-X vertex:
 
 import logging
 import zipfile
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 from bodyrt.errors import BodyModelError, InputError
 from bodyrt.export.body_model import SMPL, SMPLX, BodyModel, load_body_model
 from bodyrt.export.rotations import axis_angle_to_matrix
-from bodyrt.progress import progress
+from bodyrt.progress import progress, waiting
 
 log = logging.getLogger("bodyrt")
 
@@ -97,8 +98,11 @@ def require_npz(path: Path, error_type, what: str) -> None:
 
 
 def load_correspondence(path) -> Correspondence:
-    """Read and check a correspondence .npz; BodyModelError names the file and key at fault."""
+    """Read and check a correspondence: bodyrt's .npz, or the SMPL-X authors' deformation-transfer
+    setup .pkl (see load_deformation_transfer); BodyModelError names the file and key at fault."""
     path = Path(path)
+    if path.suffix.lower() == ".pkl":
+        return load_deformation_transfer(path)
     require_npz(path, BodyModelError, "correspondence file")
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -132,6 +136,83 @@ def load_correspondence(path) -> Correspondence:
     if not valid.any():
         raise BodyModelError(f"{path}: key 'valid' marks no vertex as valid")
     return Correspondence(triangle, corners, barycentric, valid)
+
+
+def _sparse_triplets(matrix, path: Path):
+    """A pickled scipy csc / csr / coo matrix (a SparseStandIn) -> (shape, rows, cols, values)."""
+    from bodyrt.export.body_model import _state_dict
+
+    state = _state_dict(matrix.state)
+    try:
+        shape = tuple(int(size) for size in state.get("_shape", state.get("shape")))
+        values = np.asarray(state["data"], dtype=np.float64)
+        layout = type(matrix).__name__.split("_")[0]
+        if layout == "coo":
+            rows, cols = np.asarray(state["row"], dtype=np.int64), np.asarray(state["col"], dtype=np.int64)
+        else:
+            pointers = np.asarray(state["indptr"], dtype=np.int64)
+            outer = np.repeat(np.arange(len(pointers) - 1), np.diff(pointers))
+            inner = np.asarray(state["indices"], dtype=np.int64)
+            rows, cols = (inner, outer) if layout == "csc" else (outer, inner)
+    except (KeyError, TypeError, ValueError) as error:
+        raise BodyModelError(f"{path}: key 'mtx' is not a readable sparse matrix ({error})") from None
+    return shape, rows, cols, values
+
+
+def load_deformation_transfer(path) -> Correspondence:
+    """The SMPL-X transfer_model tool's setup file (`smpl2smplx_deftrafo_setup.pkl`) as a correspondence.
+
+    The file pickles a dict whose `mtx` is a sparse (V_x, 2 x 6890) matrix: each SMPL-X vertex as a
+    weighted sum of SMPL vertices (first 6890 columns) and of SMPL vertex normals (last 6890, which
+    bodyrt, like the tool's default, leaves out); or whose `matrix` is the dense (V_x, 6890) position
+    part. Read with bodyrt's safe unpickler (no code from the file runs, scipy is not needed). Rows
+    without weight are marked invalid; each row's weights must sum to 1.
+    """
+    from bodyrt.export.body_model import BodyModelUnpickler, SparseStandIn
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            setup = BodyModelUnpickler(stream, encoding="latin1").load()
+    except FileNotFoundError:
+        raise BodyModelError(f"{path}: no such correspondence file") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise BodyModelError(f"{path}: not a readable deformation-transfer setup pickle ({error})") from None
+    if not isinstance(setup, dict) or not ({"mtx", "matrix"} & set(setup)):
+        raise BodyModelError(f"{path}: a deformation-transfer setup file holds 'mtx' (sparse) or 'matrix' (dense); "
+                             "found neither")
+    smpl_count, smplx_count = SMPL.num_vertices, SMPLX.num_vertices
+    if "mtx" in setup and isinstance(setup["mtx"], SparseStandIn):
+        shape, rows, cols, values = _sparse_triplets(setup["mtx"], path)
+    else:
+        dense = np.asarray(setup.get("mtx", setup.get("matrix")))
+        if dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number):
+            raise BodyModelError(f"{path}: the deformation-transfer matrix is not a 2-D array of numbers")
+        shape = dense.shape
+        rows, cols = np.nonzero(dense)
+        values = dense[rows, cols].astype(np.float64)
+    if shape[0] != smplx_count or shape[1] not in (smpl_count, 2 * smpl_count):
+        raise BodyModelError(f"{path}: deformation-transfer matrix of shape {shape}; expected ({smplx_count}, "
+                             f"{smpl_count}) or ({smplx_count}, {2 * smpl_count}) for SMPL -> SMPL-X")
+    positions = (cols < smpl_count) & (values != 0)
+    rows, cols, values = rows[positions], cols[positions], values[positions]
+    order = np.lexsort((cols, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    counts = np.bincount(rows, minlength=smplx_count)
+    width = max(int(counts.max(initial=0)), 1)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    corners = np.zeros((smplx_count, width), dtype=np.int64)
+    weights = np.zeros((smplx_count, width), dtype=np.float64)
+    corners[rows, slot], weights[rows, slot] = cols, values
+    valid = counts > 0
+    if not valid.any():
+        raise BodyModelError(f"{path}: the deformation-transfer matrix has no weight on SMPL vertex positions")
+    sums = weights.sum(axis=1)[valid]
+    worst = float(np.abs(sums - 1.0).max())
+    if not np.isfinite(weights).all() or worst > BARYCENTRIC_SUM_TOLERANCE:
+        raise BodyModelError(f"{path}: deformation-transfer rows must be finite and sum to 1 (worst off by {worst:.3g})")
+    return Correspondence(triangle=np.full(smplx_count, -1, dtype=np.int64), triangle_vertices=corners,
+                          barycentric=weights, valid=valid)
 
 
 def write_correspondence(path, correspondence: Correspondence) -> Path:
@@ -426,8 +507,15 @@ def fit_batch(body_model: BodyModel, targets: np.ndarray, valid: np.ndarray, edg
         step = float(np.linalg.norm(objective.value_and_gradient(start)[1]))
         options = {"maxiter": limit, "gtol": settings.gradient_tolerance,
                    "initial_trust_radius": max(1.0, step), "max_trust_radius": max(1000.0, 10.0 * step)}
-        result = minimize(objective.value_and_gradient, start, jac=True, hessp=objective.hessian_product,
-                          method=settings.method, options=options)
+        with waiting(f"convert: fitting {batch} bod{'y' if batch == 1 else 'ies'}, stage {index + 1}/{len(STAGES)} "
+                     f"({name}, {kind} loss)") as spinner:
+            def value_and_gradient(x, objective=objective, spinner=spinner):
+                value, gradient = objective.value_and_gradient(x)
+                spinner.note(f"loss {float(value):.4g}")
+                return value, gradient
+
+            result = minimize(value_and_gradient, start, jac=True, hessp=objective.hessian_product,
+                              method=settings.method, options=options)
         variables = objective.unpack(torch.from_numpy(result.x))
         with torch.no_grad():
             stage_losses[:, index] = problem.losses(variables, kind).numpy()

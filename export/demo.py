@@ -46,7 +46,8 @@ def demo_inputs(directory=None, seed: int = DEMO_SEED) -> tuple[Path, Path]:
 
 
 def demo_bundle(directory=None, seed: int = DEMO_SEED, threads: int = 2) -> Path:
-    """The demo checkpoint exported to `directory/bundle`, re-exported only when the checkpoint changed."""
+    """The demo checkpoint exported to `directory/bundle`, re-exported when the checkpoint changed or
+    the bundle was exported by another bodyrt version. Says where the bundle is, every time."""
     from bodyrt.export.bundle import export_bundle
     from bodyrt.runtime.bundle import sha256_of
 
@@ -56,6 +57,9 @@ def demo_bundle(directory=None, seed: int = DEMO_SEED, threads: int = 2) -> Path
     if not _bundle_matches(bundle_dir, sha256_of(checkpoint)):
         print(f"bodyrt demo: exporting the bundle to {bundle_dir} ...", file=sys.stderr)
         export_bundle(checkpoint, body_model, bundle_dir, threads=threads)
+    else:
+        print(f"bodyrt demo: reusing the bundle {bundle_dir} (exported earlier by this bodyrt version)",
+              file=sys.stderr)
     return bundle_dir
 
 
@@ -81,8 +85,10 @@ def run_demo(out_dir="bodyrt-demo", threads: int = 2, repeats: int = 5) -> dict:
     image, box = sample_scene(body_model)
     image_path = out_dir / "sample.png"
     save_png(image_path, image)
-    run_images([image_path], out_dir=out_dir, boxes=box.tolist(), bundle=bundle_dir, threads=threads)
-    print(f"bodyrt demo: wrote meshes, parameters, overlay and summary to {out_dir}/")
+    summary = run_images([image_path], out_dir=out_dir / "results", boxes=box.tolist(), bundle=bundle_dir,
+                         threads=threads)
+    print(f"bodyrt demo: wrote meshes, parameters and overlay to {out_dir / 'results' / image_path.name}/, "
+          f"the run's summary to {summary}")
 
     runtime = open_bundle(bundle_dir, threads=threads)
     reference = ReferencePipeline(checkpoint, body_model, threads=threads)
@@ -105,13 +111,17 @@ def run_demo(out_dir="bodyrt-demo", threads: int = 2, repeats: int = 5) -> dict:
 
 
 def _bundle_matches(bundle_dir: Path, checkpoint_sha256: str) -> bool:
+    """True when bundle_dir is a valid bundle of this checkpoint exported by this bodyrt version."""
+    import bodyrt
     from bodyrt.errors import BundleError
     from bodyrt.runtime.bundle import read_bundle
 
     try:
-        return read_bundle(bundle_dir).manifest.source.checkpoint_sha256 == checkpoint_sha256
+        manifest = read_bundle(bundle_dir).manifest
     except BundleError:
         return False
+    tools = getattr(manifest, "tools", None) or {}
+    return manifest.source.checkpoint_sha256 == checkpoint_sha256 and tools.get("bodyrt") == bodyrt.__version__
 
 
 def _print_table(timings: dict, threads: int, repeats: int) -> None:
@@ -122,4 +132,5 @@ def _print_table(timings: dict, threads: int, repeats: int) -> None:
         ours = runtime.get(name, 0.0)
         theirs = reference.get(name, 0.0)
         print(f"{name:<12}{ours:>13.1f}{theirs:>11.1f}")
-    print(f"speed-up end to end: {reference['total'] / runtime['total']:.2f}x\n")
+    print(f"speed-up end to end: {reference['total'] / runtime['total']:.2f}x (median of {repeats} runs: a rough "
+          "figure, other processes on the machine move it by 10% or more; `bodyrt bench` measures properly)\n")

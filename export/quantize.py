@@ -30,6 +30,7 @@ import numpy as np
 
 from bodyrt.errors import BodyrtError, InputError
 from bodyrt.export.out_folder import require_own_bundle
+from bodyrt.files import apply_umask
 from bodyrt.progress import progress
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
 from bodyrt.runtime.manifest import parse_manifest
@@ -107,6 +108,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict]) -> None:
                             op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
+            apply_umask(partial)
             os.replace(partial, target)
     finally:
         logging.getLogger().removeFilter(advice)
@@ -132,6 +134,7 @@ def write_manifest(bundle_path: Path, manifest: dict) -> None:
     text = json.dumps(parse_manifest(manifest, f"{bundle_path / MANIFEST_NAME} (new)").to_json())
     with tempfile.NamedTemporaryFile("w", dir=bundle_path, suffix=".partial", delete=False) as stream:
         stream.write(text)
+    apply_umask(stream.name)  # NamedTemporaryFile makes 0600 files; the manifest must stay readable by all
     os.replace(stream.name, bundle_path / MANIFEST_NAME)
 
 

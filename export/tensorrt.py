@@ -33,6 +33,7 @@ import numpy as np
 
 from bodyrt.errors import BodyrtError, ExportError, InputError
 from bodyrt.export.out_folder import require_own_bundle
+from bodyrt.files import apply_umask
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
 from bodyrt.runtime.manifest import parse_manifest
 
@@ -244,6 +245,7 @@ def _save_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(data)
+        apply_umask(temporary)  # mkstemp makes 0600 files
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -394,6 +396,7 @@ def build_gpu_artefacts(bundle_dir, engine: str = "tensorrt", precision=None, ma
     try:
         new_files = add_gpu_artefacts(bundle.path, staging, manifest, engine, precision, max_people, platform)
         for file in new_files:
+            apply_umask(staging / file)
             os.replace(staging / file, bundle.path / file)
         text = json.dumps(parse_manifest(manifest, f"{bundle.path / MANIFEST_NAME} (new)").to_json())
         _save_atomically(bundle.path / MANIFEST_NAME, text.encode())

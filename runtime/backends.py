@@ -90,8 +90,8 @@ def _onnxruntime_runner(bundle, stage: str, file: str, threads: int, precision: 
 def _openvino_runner(bundle, stage: str, file: str, threads: int, precision: str):
     from bodyrt.runtime.openvino_backend import OpenVinoRunner
 
-    specs = [{"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype} for spec in bundle.stage(stage).inputs]
-    return OpenVinoRunner(bundle.file(file), threads=threads, precision=precision, input_specs=specs,
+    return OpenVinoRunner(bundle.file(file), threads=threads, precision=precision,
+                          input_specs=bundle.stage(stage).inputs,
                           model_sha256=bundle.manifest.files.get(file))
 
 

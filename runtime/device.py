@@ -14,7 +14,7 @@ import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, BundleError
 
-GPU_EXTRA_HINT = 'pip install "bodyrt[gpu]"'
+GPU_EXTRA_HINT = 'pip install ".[gpu]" (from a bodyrt checkout)'
 
 
 def import_cuda_driver():

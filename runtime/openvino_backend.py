@@ -94,10 +94,9 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "bodyrt" / "openvino"
 
 
-def static_shapes(input_specs: list[dict], people: int) -> dict:
-    """Manifest input specs ({'name', 'shape'} with 'people' for the person axis) -> name -> shape."""
-    return {spec["name"]: [people if isinstance(dim, str) else int(dim) for dim in spec["shape"]]
-            for spec in input_specs}
+def static_shapes(input_specs, people: int) -> dict:
+    """The manifest's input TensorSpecs of a stage ('people' on the person axis) -> name -> shape."""
+    return {spec.name: [people if isinstance(dim, str) else int(dim) for dim in spec.shape] for spec in input_specs}
 
 
 class OpenVinoRunner:
@@ -106,7 +105,7 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, model_path, threads: int = 2, precision: str = "fp32", model_sha256: str | None = None,
-                 input_specs: list[dict] | None = None, cache_dir=None):
+                 input_specs=None, cache_dir=None):
         """input_specs: the manifest's inputs of this stage (for the one-person precompile); model_sha256:
         the graph's hash from the manifest (hashed here when not given)."""
         self.model_path = Path(model_path)

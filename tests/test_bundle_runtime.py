@@ -170,12 +170,14 @@ def test_cli_run_bundle_writes_every_output(bundle_dir, demo_files, tmp_path, ca
                  str(tmp_path / "b.png"), "--box", *map(str, box[0].tolist()), "--out", str(out)])
     assert code == 1  # one image failed: reported, the others still ran
     assert "broken.jpg" in capsys.readouterr().err
-    for stem in ["a", "b"]:
-        for suffix in ["_person0_params.npz", "_person0.ply", "_person0.obj", "_overlay.png"]:
-            assert (out / f"{stem}{suffix}").is_file(), stem + suffix
-    summary = json.loads((out / "summary.json").read_text())
-    assert [entry["image"].rsplit("/", 1)[-1] for entry in summary["images"]] == ["a.png", "b.png"]
+    for name in ["a.png", "b.png"]:
+        for file in ["person0_params.npz", "person0.ply", "person0.obj", "overlay.png", "result.json"]:
+            assert (out / name / file).is_file(), f"{name}/{file}"
+    summary = json.loads(next(out.glob("summary-*.json")).read_text())
+    assert [entry["image"].rsplit("/", 1)[-1] for entry in summary["images"]] == ["a.png", "broken.jpg", "b.png"]
+    assert [entry["status"] for entry in summary["images"]] == ["ok", "failed", "ok"]
     assert set(summary["images"][0]["timings_ms"]) >= {"body", "hand", "face", "merge", "hand_crops", "face_crops", "pinhole"}
-    assert summary["images"][0]["backend"] == "onnxruntime"
-    overlay = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "a_overlay.png"))
+    assert summary["backend"] == "onnxruntime" and summary["stage_precisions"]["body"] == "fp32"
+    assert {"open_verify", "open_sessions"} <= set(summary["timings_ms"])
+    overlay = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "a.png" / "overlay.png"))
     assert overlay.shape == image.shape and (overlay != image).any()

@@ -629,11 +629,11 @@ def test_missing_gpu_packages_are_named(bundle_dir, monkeypatch, tmp_path, capsy
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     for module in ["cuda", "cuda.bindings", "cuda.bindings.driver"]:
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(BackendUnavailableError, match=r"tensorrt package.*pip install \"bodyrt\[gpu\]\""):
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt package.*pip install \"\.\[gpu\]\" \(from a bodyrt checkout\)"):
         make_runner("tensorrt", read_bundle(bundle_dir), "hand")
     with pytest.raises(BackendUnavailableError, match="cuda-python package"):  # the device comes first
         open_bundle(bundle_dir, backend="tensorrt")
-    with pytest.raises(BackendUnavailableError, match=r"cuda-python package.*bodyrt\[gpu\]"):
+    with pytest.raises(BackendUnavailableError, match=r"cuda-python package.*pip install \"\.\[gpu\]\""):
         CudaDevice(0)
     code = main(["export", "--checkpoint", "missing.ckpt", "--body-model", "missing.npz", "--out",
                  str(tmp_path / "out"), "--engine", "tensorrt", "--precision", "fp16"])
@@ -654,6 +654,15 @@ def test_cli_run_on_a_gpu_backend_uses_the_device_pipeline_and_refuses_a_cpu_pre
                  "--backend", "tensorrt"]
     assert main([*arguments, "--precision", "int8"]) == 1
     assert "--precision int8 is for the CPU backends" in capsys.readouterr().err
+    import bodyrt.kernels
+
+    driver_missing = bodyrt.kernels.gpu_available_reason()
+    if driver_missing:  # said first, rather than which Python packages are missing
+        assert main(arguments) == 1
+        error = capsys.readouterr().err
+        assert "--backend tensorrt needs an NVIDIA GPU with its driver" in error and "no NVIDIA driver found" in error
+        assert "pip install" not in error
+    monkeypatch.setattr(bodyrt.kernels, "gpu_available_reason", lambda: None)  # as on a machine with a driver
     for module in ["cuda", "cuda.bindings", "cuda.bindings.driver"]:
         monkeypatch.setitem(sys.modules, module, None)
     assert main(arguments) == 1

@@ -1,5 +1,7 @@
 """The PyTorch reference pipeline end to end and `bodyrt run --checkpoint`."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -71,11 +73,17 @@ def test_cli_run_with_checkpoint_writes_params_and_ply(demo_files, sample, tmp_p
     code = main(["run", "--checkpoint", str(checkpoint), "--body-model", str(body_model),
                  str(tmp_path / "photo.png"), "--box", *map(str, box[0].tolist()), "--out", str(tmp_path / "out")])
     assert code == 0
-    params = np.load(tmp_path / "out" / "photo_person0_params.npz")
-    assert set(PARAM_KEYS) <= set(params.files)
-    vertices, faces = read_ply(tmp_path / "out" / "photo_person0.ply")
-    np.testing.assert_allclose(vertices, params["vertices"], atol=1e-7)
+    folder = tmp_path / "out" / "photo.png"
+    params = np.load(folder / "person0_params.npz")
+    assert set(PARAM_KEYS) - {"global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose"} \
+        <= set(params.files)
+    vertices, faces = read_ply(folder / "person0.ply")
+    np.testing.assert_allclose(vertices, (params["vertices"] + params["transl"]) * [1, -1, -1], atol=1e-5)
     assert faces.shape == (20908, 3)
+    # the same files as a bundle run: OBJ, overlay and a summary
+    assert (folder / "person0.obj").is_file() and (folder / "overlay.png").is_file()
+    summary = json.loads(next((tmp_path / "out").glob("summary-*.json")).read_text())
+    assert summary["checkpoint"]["path"] == str(checkpoint.resolve()) and summary["counts"]["ok"] == 1
 
 
 def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path, demo_files, capsys):

@@ -490,14 +490,16 @@ def test_bodyrt_run_writes_outputs(arch, bundles, tmp_path):
     code = main(["run", str(image_path), "--bundle", str(bundles[arch]), "--out", str(out),
                  "--box", *(str(v) for v in boxes[0])])
     assert code == 0
-    params = np.load(out / "person_person0_params.npz")
+    folder = out / "person.png"
+    params = np.load(folder / "person0_params.npz")
     assert params["vertices"].shape == (6890, 3) and params["joints"].shape == (45, 3)
     assert ("betas" in params.files) == (arch == "hkmr") and ("segment_scales" in params.files) == (arch != "hkmr")
-    obj_lines = (out / "person_person0.obj").read_text().splitlines()
+    assert params["body_pose"].shape == (1, 69) and params["full_pose"].shape == (1, 72)  # smplx.SMPL's keys
+    obj_lines = (folder / "person0.obj").read_text().splitlines()
     assert sum(line.startswith("v ") for line in obj_lines) == 6890
     assert sum(line.startswith("f ") for line in obj_lines) == 13776
-    assert (out / "person_overlay.png").stat().st_size > 0
-    summary = json.loads((out / "summary.json").read_text())
+    assert (folder / "overlay.png").stat().st_size > 0
+    summary = json.loads(next(out.glob("summary-*.json")).read_text())
     assert set(summary["images"][0]["timings_ms"]) >= {"body_crop", "body", "pinhole"}
 
 

@@ -79,7 +79,7 @@ def write_c_source(path: Path) -> Path:
     try:
         import cffi
     except ImportError:
-        raise CapiBuildError("building libbodyrt needs cffi: pip install 'bodyrt[capi]'") from None
+        raise CapiBuildError("building libbodyrt needs cffi: pip install \".[capi]\" from a bodyrt checkout") from None
     recorded_path = [entry for entry in sys.path if os.path.isabs(entry) and os.path.isdir(entry)]
     constants = (f"#define BODYRT_BUILD_VERSION {json.dumps(__version__)}\n"
                  f"#define BODYRT_BUILD_PYTHON {json.dumps(sys.executable, ensure_ascii=False)}\n")
