@@ -232,6 +232,32 @@ def _convert_smpl_to_smplx(args):
     print(f"bodyrt: wrote SMPL-X fits {path}")
 
 
+def _add_check(commands):
+    parser = commands.add_parser(
+        "check", help="compare every stage of a bundle on each backend and precision here against ONNX Runtime "
+                      "fp32 (Polygraphy's comparator); exits 1 where an output diverges")
+    parser.add_argument("--bundle", required=True, help="exported bundle directory")
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="JPEG or PNG files to take the stage inputs from (default: 3 synthetic 720p scenes)")
+    parser.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
+                        help="person box in pixels; repeat for several people (default: the whole image)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance for every precision (default: per precision)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance for every precision (default: per precision)")
+    parser.add_argument("--candidate", action="append", metavar="BACKEND:PRECISION",
+                        help="compare only these (repeatable), e.g. openvino:bf16 or tensorrt:gpu "
+                             "(default: every backend and precision)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    parser.add_argument("--json", help="also write the report to this JSON file")
+    parser.set_defaults(handler=_check)
+
+
+def _check(args):
+    from bodyrt.check import run_check
+
+    run_check(args.bundle, args.images, args.box, threads=args.threads, atol=args.atol, rtol=args.rtol,
+              json_path=args.json, candidates=args.candidate)
+
+
 def _add_build_capi(commands):
     parser = commands.add_parser(
         "build-capi", help="build libbodyrt.so (the runtime for C programs), bodyrt.h and an example")
@@ -321,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quantize(commands)
     _add_compare(commands)
     _add_convert(commands)
+    _add_check(commands)
     _add_build_capi(commands)
     _add_serve(commands)
     return parser

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import bodyrt
 from bodyrt.errors import ExportError, InputError
+from bodyrt.files import current_umask
 
 log = logging.getLogger("bodyrt")
 
@@ -155,17 +156,6 @@ def remove_stale_staging(out_dir: Path) -> list[Path]:
                 log.warning("removed %s, left by an export that was killed (process %s)", candidate, own.get("pid"))
                 removed.append(candidate)
     return removed
-
-
-def current_umask() -> int:
-    """This process's umask, read without changing it (Linux /proc), else the usual 022."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def make_staging(out_dir: Path) -> Path:

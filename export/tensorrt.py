@@ -11,9 +11,10 @@ regressor updates and metre-scale vertices lose millimetres in float16. The crop
 float16 (the crop kernel writes half directly); every other input and output stays float32. The
 rewritten graphs go into the bundle as <stage>.fp16.onnx, used by both GPU backends.
 
-Engines are built with build_serialized_network from a strongly typed network, one optimisation
-profile over the person axis (1 .. max_people), TF32 off (float32 layers stay float32), and a
-timing cache kept in the user cache directory and reused by every later build. The manifest records
+Engines are built through Polygraphy's TensorRT loaders (NVIDIA's own, tested on GPUs): a strongly
+typed network from the ONNX file, one optimisation profile over the person axis (1 .. max_people),
+TF32 off (float32 layers stay float32), build_serialized_network, and a timing cache kept in the
+user cache directory and reused by every later build. The manifest records
 each engine file (so read_bundle's sha256 check covers it) with the TensorRT version, GPU name and
 compute capability it was built with; the runtime compares those before deserialising.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bodyrt.errors import BodyrtError, ExportError, InputError
+from bodyrt.errors import BackendUnavailableError, BodyrtError, ExportError, InputError
 from bodyrt.export.out_folder import require_own_bundle
 from bodyrt.files import apply_umask
 from bodyrt.runtime.bundle import MANIFEST_NAME, read_bundle, sha256_of
@@ -265,40 +266,66 @@ def timing_cache_path(platform: dict) -> Path:
     return cache_dir() / "tensorrt" / name
 
 
+def import_polygraphy_trt():
+    """polygraphy.backend.trt, or BackendUnavailableError saying what to install."""
+    try:
+        from polygraphy.backend import trt as polygraphy_trt
+    except ImportError as error:
+        raise BackendUnavailableError(f"building TensorRT engines needs Polygraphy ({error}); "
+                                      f'pip install "bodyrt[check]" (it comes with gpu-cu12 and gpu-cu13)') from None
+    return polygraphy_trt
+
+
+def person_profile(network, max_people: int, opt_people: int, polygraphy_trt):
+    """A Polygraphy Profile over the person axis (axis 0 of every input): 1 .. max_people, tuned at opt_people."""
+    profile = polygraphy_trt.Profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        per_person = tuple(tensor.shape)[1:]
+        profile.add(tensor.name, min=(1, *per_person), opt=(opt_people, *per_person), max=(max_people, *per_person))
+    return profile
+
+
+def use_timing_cache(config, timing_cache: bytes, onnx_path) -> None:
+    """Give the builder config the timing cache; a cache TensorRT refuses (another GPU or version,
+    or damaged) is replaced by an empty one with a warning, never silently ignored."""
+    if config.set_timing_cache(config.create_timing_cache(timing_cache), False):
+        return
+    log.warning("%s: TensorRT refused the timing cache (another GPU or TensorRT version, or damaged); "
+                "building with an empty one", onnx_path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise ExportError(f"{onnx_path}: TensorRT refused even an empty timing cache")
+
+
 def build_engine(onnx_path: Path, engine_path: Path, max_people: int, opt_people: int = OPT_PEOPLE,
                  timing_cache: bytes = b"", workspace_bytes: int = WORKSPACE_BYTES) -> bytes:
-    """Build one engine from a (possibly float16) ONNX graph; returns the updated timing cache.
+    """Build one engine from a (possibly float16) ONNX graph with Polygraphy; returns the updated timing cache.
 
-    Every input's axis 0 is the person axis: the profile spans 1 .. max_people (opt_people is what
-    TensorRT tunes for). Raises ExportError with the parser's messages when the graph does not parse
-    and when the build fails.
+    Polygraphy's loaders do the TensorRT calls: NetworkFromOnnxPath (strongly typed: the graph's
+    own types decide the precision, as TensorRT 11 requires), CreateConfig (the person-axis
+    profile, TF32 off so float32 layers stay float32, the workspace limit) and
+    EngineBytesFromNetwork (build_serialized_network). Every input's axis 0 is the person axis:
+    the profile spans 1 .. max_people (opt_people is what TensorRT tunes for). The timing cache is
+    set here because Polygraphy ignores set_timing_cache's result. Raises ExportError with
+    TensorRT's messages when the graph does not parse or the build fails.
     """
     from bodyrt.runtime.tensorrt_backend import import_tensorrt
 
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(index)) for index in range(parser.num_errors))
-        raise ExportError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    polygraphy_trt = import_polygraphy_trt()
+    from polygraphy.exception import PolygraphyException
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    config.clear_flag(trt.BuilderFlag.TF32)  # TF32 rounds float32 matmul inputs to 10 bits: 1e-3 relative
-    profile = builder.create_optimization_profile()
-    for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        per_person = tuple(tensor.shape)[1:]
-        profile.set_shape(tensor.name, (1, *per_person), (opt_people, *per_person), (max_people, *per_person))
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, False)  # False: a cache from another device or version is an error
-
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise ExportError(f"{onnx_path}: TensorRT failed to build an engine (see the TensorRT log above)")
+    try:
+        builder, network, parser = polygraphy_trt.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
+        profile = person_profile(network, max_people, opt_people, polygraphy_trt)
+        config = polygraphy_trt.CreateConfig(tf32=False, profiles=[profile],
+                                             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_bytes})
+        config = config(builder, network)
+        use_timing_cache(config, timing_cache, onnx_path)
+        plan = polygraphy_trt.EngineBytesFromNetwork((builder, network, parser), config=config)()
+    except PolygraphyException as error:
+        raise ExportError(f"{onnx_path}: TensorRT could not build an engine: {error} (see the TensorRT log "
+                          "above)") from None
     _save_atomically(Path(engine_path), bytes(memoryview(plan)))
     return bytes(memoryview(config.get_timing_cache().serialize()))
 

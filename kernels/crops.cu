@@ -16,6 +16,11 @@
 //
 // Positions are computed in double: a float32 coordinate near x = 1000 is off by up to 6e-5 px,
 // which on a sharp edge moves the output by 3e-4, well above the 1e-5 the crops are held to.
+// Double divisions are what cost on GPUs whose float64 rate is 1/64 of float32 (L4, L40S, RTX):
+// every thread of a block cuts the same crop (blockIdx.z), so the block's first thread computes the
+// crop's constants once (a step or a scale per axis, with their float64 divisions) into shared memory,
+// and the per-pixel position arithmetic only multiplies and adds. The float32 normalisation keeps its
+// divisions (full rate in float32), so the values stay bit for bit those of the CPU references.
 
 struct Taps {
     int first, second;                 // pixel indices along one axis, always inside the image
@@ -50,10 +55,11 @@ __host__ __device__ inline float unit_pixel(const unsigned char* image, long lon
 // ---------------------------------------------------------------------------------------------
 // Part crops: grid_sample(normalised image, bilinear, zero padding, align_corners=True).
 
-// Crop pixel `index` of n samples centre - size/2 + size * index/(n-1) (pixel centres at integers).
-__host__ __device__ inline double part_crop_position(double centre, double size, int index, int crop_size)
+// Crop pixel `index` of n samples centre - size/2 + size * index/(n-1) (pixel centres at integers):
+// first + step * index, with first = centre - size/2 and step = size/(n-1) per crop (part_crop).
+__host__ __device__ inline double part_crop_position(double first, double step, int index)
 {
-    return (centre - size / 2.0) + size * ((double)index / (double)(crop_size - 1));
+    return first + step * (double)index;
 }
 
 __host__ __device__ inline Taps part_crop_taps(double position, int length)
@@ -113,9 +119,9 @@ __host__ __device__ inline BodyRect body_rect(const float* box, double box_scale
 // pixels. (OpenCV 4 rounded the source to float first; for crop_size 256 both are exact, as
 // (index + 0.5) * rect_length / 256 is a short binary fraction. The double form matches OpenCV 5 at
 // any crop size.)
-__host__ __device__ inline Taps body_crop_taps(int index, int crop_size, int rect_origin, int rect_length, int length)
+// scale = rect_length / crop_size, once per crop (body_crop).
+__host__ __device__ inline Taps body_crop_taps(int index, double scale, int rect_origin, int rect_length, int length)
 {
-    double scale = 1.0 / ((double)crop_size / (double)rect_length);
     double source = (index + 0.5) * scale - 0.5;
     double first_position = floor(source);
     int first = (int)first_position;
@@ -160,6 +166,41 @@ __host__ __device__ inline void body_crop_transform(BodyRect rect, int crop_size
 }
 
 // ---------------------------------------------------------------------------------------------
+// Per-crop constants: computed by a block's first thread, read by all its threads.
+
+struct PartCrop {
+    double first_x, first_y, step; // sample u is at first_x + step * u (and v alike), full-image pixels
+    bool mirrored, valid;          // valid: a finite box with a size >= 0
+};
+
+__host__ __device__ inline PartCrop part_crop(const float* box, int crop_size, bool mirrored)
+{
+    double centre_x = box[0], centre_y = box[1], size = box[2];
+    PartCrop crop;
+    crop.valid = is_finite(centre_x) && is_finite(centre_y) && is_finite(size) && size >= 0.0;
+    crop.first_x = crop.valid ? centre_x - size / 2.0 : 0.0;
+    crop.first_y = crop.valid ? centre_y - size / 2.0 : 0.0;
+    crop.step = crop.valid ? size / (double)(crop_size - 1) : 0.0; // the one float64 division of the crop
+    crop.mirrored = mirrored;
+    return crop;
+}
+
+struct BodyCrop {
+    BodyRect rect;
+    double scale_x, scale_y; // rectangle pixels per crop pixel
+};
+
+__host__ __device__ inline BodyCrop body_crop(const float* box, double box_scale, int crop_size)
+{
+    BodyCrop crop;
+    crop.rect = body_rect(box, box_scale);
+    // OpenCV's form, 1 / (n / length): the same bits as cv2.resize's scale
+    crop.scale_x = 1.0 / ((double)crop_size / (double)crop.rect.width);
+    crop.scale_y = 1.0 / ((double)crop_size / (double)crop.rect.height);
+    return crop;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Stores and kernels.
 
 #ifdef __CUDACC__
@@ -194,24 +235,27 @@ __device__ void cut_part_crops(const unsigned char* image, int height, int width
                                const float* part_boxes, int boxes_per_person, int first_part, int parts_per_person,
                                unsigned int mirror_mask, int crop_size, Out* out)
 {
+    int k = blockIdx.z;
+    __shared__ PartCrop crop;
+    if (threadIdx.x == 0 && threadIdx.y == 0) { // before any thread returns: every thread reaches the barrier
+        int part = first_part + k % parts_per_person;
+        crop = part_crop(part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part), crop_size,
+                         (mirror_mask >> part) & 1u);
+    }
+    __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
     int v = blockIdx.y * blockDim.y + threadIdx.y;
-    int k = blockIdx.z;
     if (u >= crop_size || v >= crop_size) return;
     long long plane = (long long)crop_size * crop_size;
     Out* pixel = out + (long long)k * 3 * plane + (long long)v * crop_size + u;
-
-    int part = first_part + k % parts_per_person;
-    const float* box = part_boxes + 3 * ((long long)(k / parts_per_person) * boxes_per_person + part);
-    double centre_x = box[0], centre_y = box[1], size = box[2];
-    if (!is_finite(centre_x) || !is_finite(centre_y) || !is_finite(size) || size < 0.0) {
+    if (!crop.valid) {
         store_pixel(pixel, plane, 0.0f, 0.0f, 0.0f);
         return;
     }
     // Mirrored: crop column u holds what column n-1-u would.
-    int column = (mirror_mask >> part) & 1u ? crop_size - 1 - u : u;
-    Taps columns = part_crop_taps(part_crop_position(centre_x, size, column, crop_size), width);
-    Taps rows = part_crop_taps(part_crop_position(centre_y, size, v, crop_size), height);
+    int column = crop.mirrored ? crop_size - 1 - u : u;
+    Taps columns = part_crop_taps(part_crop_position(crop.first_x, crop.step, column), width);
+    Taps rows = part_crop_taps(part_crop_position(crop.first_y, crop.step, v), height);
     store_pixel(pixel, plane, part_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r, pixel_divisor),
                 part_crop_value(image, pitch, rows, columns, 1, mean_g, std_g, pixel_divisor),
                 part_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b, pixel_divisor));
@@ -227,21 +271,23 @@ __device__ void cut_body_crops(const unsigned char* image, int height, int width
                                const float* person_boxes, double box_scale, int crop_size, Out* out,
                                float* transforms)
 {
+    int k = blockIdx.z;
+    __shared__ BodyCrop crop;
+    if (threadIdx.x == 0 && threadIdx.y == 0) // before any thread returns: every thread reaches the barrier
+        crop = body_crop(person_boxes + 4 * (long long)k, box_scale, crop_size);
+    __syncthreads();
     int u = blockIdx.x * blockDim.x + threadIdx.x;
     int v = blockIdx.y * blockDim.y + threadIdx.y;
-    int k = blockIdx.z;
     if (u >= crop_size || v >= crop_size) return;
     long long plane = (long long)crop_size * crop_size;
     Out* pixel = out + (long long)k * 3 * plane + (long long)v * crop_size + u;
-
-    BodyRect rect = body_rect(person_boxes + 4 * (long long)k, box_scale);
-    if (u == 0 && v == 0) body_crop_transform(rect, crop_size, transforms + 9 * (long long)k);
-    if (!rect.valid) {
+    if (u == 0 && v == 0) body_crop_transform(crop.rect, crop_size, transforms + 9 * (long long)k);
+    if (!crop.rect.valid) {
         store_pixel(pixel, plane, 0.0f, 0.0f, 0.0f);
         return;
     }
-    Taps columns = body_crop_taps(u, crop_size, rect.left, rect.width, width);
-    Taps rows = body_crop_taps(v, crop_size, rect.top, rect.height, height);
+    Taps columns = body_crop_taps(u, crop.scale_x, crop.rect.left, crop.rect.width, width);
+    Taps rows = body_crop_taps(v, crop.scale_y, crop.rect.top, crop.rect.height, height);
     store_pixel(pixel, plane, body_crop_value(image, pitch, rows, columns, bgr ? 2 : 0, mean_r, std_r, pixel_divisor),
                 body_crop_value(image, pitch, rows, columns, 1, mean_g, std_g, pixel_divisor),
                 body_crop_value(image, pitch, rows, columns, bgr ? 0 : 2, mean_b, std_b, pixel_divisor));

@@ -12,6 +12,11 @@
 #define __device__
 #define __global__
 #define __forceinline__ inline
+// Shared memory: one copy per kernel instantiation. emulate_launch runs a block's threads in order,
+// thread (0, 0, 0) first, so what it writes before the barrier is there for the others, block by block.
+#define __shared__ static
+
+inline void __syncthreads() {}
 
 using std::fabs;
 using std::floor;

@@ -11,8 +11,8 @@ from bodyrt.errors import BackendUnavailableError, ExportError
 from bodyrt.kernels.build import KERNEL_SOURCE
 
 # NVRTC's major version must not exceed the driver's CUDA major version (see kernels/README.md).
-NVRTC_INSTALL_HINT = ("pip install cuda-bindings nvidia-cuda-nvrtc for CUDA 13 drivers (>= 580), or "
-                      "'cuda-bindings<13' nvidia-cuda-nvrtc-cu12 for CUDA 12 drivers (>= 525)")
+NVRTC_INSTALL_HINT = ('pip install "bodyrt[gpu-cu13]" for CUDA 13 drivers (>= 580), or "bodyrt[gpu-cu12]" for '
+                      "CUDA 12 drivers (>= 525): each brings cuda-python and the NVRTC of its CUDA major")
 
 
 def _import_nvrtc():

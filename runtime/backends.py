@@ -54,8 +54,9 @@ class OnnxRuntimeRunner:
         self.session = None
 
     def activate(self):
-        import onnxruntime as ort
+        from bodyrt.runtime.packages import import_onnxruntime
 
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -139,10 +140,14 @@ def _cuda_missing() -> str | None:
     reason = _gpu_missing("cuda")
     if reason:
         return reason
-    import onnxruntime
+    from bodyrt.runtime.packages import gpu_extra_hint, import_onnxruntime
 
+    try:
+        onnxruntime = import_onnxruntime()
+    except BackendUnavailableError as error:
+        return str(error)
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return "this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
+        return f"this onnxruntime has no CUDA provider (pip uninstall -y onnxruntime, then {gpu_extra_hint()})"
     return None
 
 

@@ -12,21 +12,21 @@ pipeline's stream (user_compute_stream), without a synchronisation at the end of
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError
-from bodyrt.runtime.device import GPU_EXTRA_HINT, per_person_shape
+from bodyrt.runtime.device import per_person_shape
+from bodyrt.runtime.packages import gpu_extra_hint, import_onnxruntime
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 def check_providers(session, wanted: str, model_path) -> None:
     """BackendUnavailableError when `session` is not running on the `wanted` provider, saying why."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     active = session.get_providers()
     if wanted in active:
         return
     if wanted not in ort.get_available_providers():
         why = (f"this onnxruntime {ort.__version__} is a build without {wanted}: replace the onnxruntime package "
-               f"by onnxruntime-gpu ({GPU_EXTRA_HINT})")
+               f"by onnxruntime-gpu (pip uninstall -y onnxruntime, then {gpu_extra_hint()})")
     else:
         why = (f"{wanted} is built in but did not load: CUDA or cuDNN libraries are missing or there is no GPU "
                "(ONNX Runtime's warning above says which)")
@@ -36,8 +36,7 @@ def check_providers(session, wanted: str, model_path) -> None:
 
 def cuda_session(model_path, device_id: int = 0, stream=None):
     """An InferenceSession on CUDAExecutionProvider (on `stream` when given), checked for a CPU fallback."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     options = {"device_id": str(device_id)}
     if stream:
         options["user_compute_stream"] = str(int(stream))
@@ -77,8 +76,7 @@ class OnnxRuntimeCudaStage:
     """A stage's GPU graph on the device: IO binding to the pipeline's buffers, on its stream."""
 
     def __init__(self, bundle, stage: str, device, stream: int):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         graph = bundle.manifest.gpu_graph(stage)
         where = f"{bundle.path / graph.file}"
         self.stage = stage

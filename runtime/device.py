@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, BundleError
-
-GPU_EXTRA_HINT = 'pip install ".[gpu]" (from a bodyrt checkout)'
+from bodyrt.runtime.packages import gpu_extra_hint
 
 
 def import_cuda_driver():
@@ -23,7 +22,7 @@ def import_cuda_driver():
         from cuda.bindings import driver
     except ImportError as error:
         raise BackendUnavailableError(f"the GPU runtime needs the cuda-python package ({error}); "
-                                      f"{GPU_EXTRA_HINT}") from None
+                                      f"{gpu_extra_hint()}") from None
     return driver
 
 
@@ -50,6 +49,14 @@ class CudaDevice:
         minor = self.call("cuDeviceGetAttribute", attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device)
         self.compute_capability = f"{major}.{minor}"
         self._kernels = None
+        self._module = None
+        self._released = False
+
+    def make_current(self) -> None:
+        """Make the device's context current on the calling thread. CUDA contexts are current per
+        thread: __init__ made it current on the opening thread only, and on any other thread every
+        allocation, copy and launch would fail with CUDA_ERROR_INVALID_CONTEXT."""
+        self.call("cuCtxSetCurrent", self.context)
 
     def call(self, function: str, *args):
         """driver.function(*args), whose (CUresult, values...) becomes the values or an exception."""
@@ -118,8 +125,9 @@ class CudaDevice:
 
             major, minor = (int(part) for part in self.compute_capability.split("."))
             image, _ = crop_kernel_image((major, minor), int(self.call("cuDriverGetVersion")))
-            module = self.call("cuModuleLoadData", image)
-            self._kernels = {name: self.call("cuModuleGetFunction", module, name.encode()) for name in KERNEL_NAMES}
+            self._module = self.call("cuModuleLoadData", image)
+            self._kernels = {name: self.call("cuModuleGetFunction", self._module, name.encode())
+                             for name in KERNEL_NAMES}
         return self._kernels
 
     def launch(self, launch, stream: int) -> None:
@@ -146,7 +154,15 @@ class CudaDevice:
         self.call("cuGraphExecDestroy", executable)
 
     def close(self) -> None:
+        """Unload the crop kernels and release the primary context (once); the caller has synchronised."""
+        if self._released:
+            return
+        self.make_current()
+        if self._module is not None:
+            self.call("cuModuleUnload", self._module)
+            self._module, self._kernels = None, None
         self.call("cuDevicePrimaryCtxRelease", self.device)
+        self._released = True
 
 
 def host_array(pointer: int, dtype, shape) -> np.ndarray:

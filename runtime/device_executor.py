@@ -21,7 +21,9 @@ import time
 import numpy as np
 
 from bodyrt.errors import BundleError, InputError
+from bodyrt.errors import BodyrtError
 from bodyrt.runtime.device import CudaDevice, DeviceTensor, host_array
+from bodyrt.runtime.kernel_check import check_crop_kernel
 from bodyrt.runtime.manifest import BodyCropStep, GraphStep, PartCropsStep, PinholeStep
 from bodyrt.runtime.pipeline import Frame, pinhole_step
 
@@ -45,7 +47,9 @@ class DeviceExecutor:
         if cuda_graphs and backend != "tensorrt":
             raise InputError("cuda_graphs is available with the tensorrt backend only (ONNX Runtime's CUDA "
                              "provider allocates during runs, which a graph capture forbids)")
+        self.own_device = device is None
         self.device = device if device is not None else CudaDevice(0)
+        check_crop_kernel(self.device)  # a kernel this GPU or driver cannot load fails here, not at a frame
         self.own_stream = stream is None
         self.stream = self.device.create_stream() if stream is None else int(stream)
         self.max_people = self._max_people(max_people)
@@ -69,6 +73,8 @@ class DeviceExecutor:
         self._allocate_host_side()
         self._graphs = {}
         self._staging = {"image": (0, 0), "device_image": (0, 0)}
+        self.in_flight = False  # a frame queued by end() and not yet synchronised by collect()
+        self.closed = False
 
     def _max_people(self, requested):
         engines = self.manifest.gpu.tensorrt if self.manifest.gpu is not None else None
@@ -109,6 +115,12 @@ class DeviceExecutor:
                 self._tensor(step.transforms, np.float32, (3, 3), where)
                 self._tensor(step.boxes, np.float32, (4,), where)
             elif isinstance(step, PartCropsStep):
+                boxes = self.tensors.get(step.boxes)
+                if boxes is None or boxes.dtype != np.float32 or len(boxes.per_person) != 2 \
+                        or boxes.per_person[1] != 3:
+                    found = "no stage writes it" if boxes is None else f"it is {boxes.dtype} {boxes.per_person}"
+                    raise BundleError(f"{self.bundle.path}: {where} reads {step.boxes} as float32 (people, boxes, 3) "
+                                      f"cx, cy, size (the crop kernel's const float*), but {found}")
                 size = step.crop_size
                 self._tensor(step.output, self._dtype_of(step.output), (len(step.parts), 3, size, size), where)
             elif isinstance(step, PinholeStep):
@@ -130,6 +142,7 @@ class DeviceExecutor:
 
     def host_frame(self, image: np.ndarray, boxes, channel_order: str) -> Frame:
         """Copy a host image to the device (through page-locked staging) as a frame."""
+        self.device.make_current()  # the caller's thread may not be the one that opened the device
         image = np.ascontiguousarray(image)
         staging = self._grow("image", image.nbytes, host=True)
         host_array(staging, np.uint8, image.shape)[...] = image
@@ -157,6 +170,7 @@ class DeviceExecutor:
         self.frame, self.people = frame, len(frame.boxes)
         self.marks, self.group, self.deferred = [], [], []
         device, stream = self.device, self.stream
+        device.make_current()  # the caller's thread may not be the one that opened the device
         if frame.stream is not None and int(frame.stream) != stream:
             device.record_event(self.input_ready, int(frame.stream))
             device.wait_event(stream, self.input_ready)
@@ -204,6 +218,7 @@ class DeviceExecutor:
                 tensor = self.tensors[name]
                 device.copy_to_host(self.host[name], tensor.pointer, tensor.nbytes(self.people), stream)
         device.record_event(self.events[-1], stream)
+        self.in_flight = True
         if self.frame.stream is not None and int(self.frame.stream) != stream:
             device.wait_event(int(self.frame.stream), self.events[-1])
 
@@ -221,11 +236,14 @@ class DeviceExecutor:
                                  mirror=list(step.mirror), crop_size=step.crop_size, out=crops.pointer,
                                  dtype=crops.dtype.name)
 
-    def _enqueue_graphs(self, steps: list, people: int) -> None:
+    def _enqueue_graphs(self, steps: list, people: int, for_graph: bool = False) -> None:
         for step in steps:
             stage = self.stages[step.stage]
             addresses = {spec["name"]: self.tensors[spec["name"]].pointer for spec in [*stage.inputs, *stage.outputs]}
-            stage.enqueue(people, addresses, self.stream)
+            if for_graph:  # its own execution context per person count: a captured graph keeps its shapes
+                stage.enqueue(people, addresses, self.stream, dedicated_context=True)
+            else:
+                stage.enqueue(people, addresses, self.stream)
 
     def _run_graphs(self, steps: list, people: int) -> None:
         if not self.cuda_graphs:
@@ -237,18 +255,26 @@ class DeviceExecutor:
             return
         # The first run with this person count executes normally (TensorRT settles its shapes outside a
         # capture), then the same launches are captured, not executed, for the following frames.
-        self._enqueue_graphs(steps, people)
+        # Each graph gets the stages' execution contexts of its person count (TensorRT: one context per
+        # captured graph); a frame with another count would otherwise change the shapes under a graph.
+        self._enqueue_graphs(steps, people, for_graph=True)
         self.device.begin_capture(self.stream)
         try:
-            self._enqueue_graphs(steps, people)
-        finally:
-            self._graphs[key] = self.device.end_capture(self.stream)
+            self._enqueue_graphs(steps, people, for_graph=True)
+        except BaseException:
+            try:  # a failure invalidates the capture; ending it reports only that, so the failure is raised
+                self.device.end_capture(self.stream)
+            except BodyrtError:
+                pass
+            raise
+        self._graphs[key] = self.device.end_capture(self.stream)
 
     def collect(self) -> tuple:
         """Wait for the frame; (tensors read back + the deferred host steps' outputs, step timings)."""
         start = time.perf_counter()
         people = self.people
         self.device.synchronize_event(self.events[-1])
+        self.in_flight = False
         tensors = {name: host_array(self.host[name], self.tensors[name].dtype,
                                     (people, *self.tensors[name].per_person)).copy() for name in self.downloads}
         for step in self.deferred:
@@ -263,6 +289,16 @@ class DeviceExecutor:
         return {"backend": self.backend, "precision": self.precision, "device": self.device.name}
 
     def close(self) -> None:
+        """Wait for a frame still in flight, then free everything; release the device if it opened it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.device.make_current()
+        # Whatever was queued (a frame without result(), or one that failed half-way) finishes before
+        # its buffers are freed.
+        self.device.record_event(self.events[-1], self.stream)
+        self.device.synchronize_event(self.events[-1])
+        self.in_flight = False
         for executable in self._graphs.values():
             self.device.destroy_graph(executable)
         for stage in self.stages.values():
@@ -279,3 +315,6 @@ class DeviceExecutor:
         if self.own_stream:
             self.device.destroy_stream(self.stream)
         self._graphs, self._allocations, self.host, self.stages = {}, [], {}, {}
+        self._staging = {"image": (0, 0), "device_image": (0, 0)}
+        if self.own_device:
+            self.device.close()

@@ -11,7 +11,8 @@ tensorrt and cuda-python are imported lazily; a missing one raises BackendUnavai
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, BundleError, InputError
-from bodyrt.runtime.device import GPU_EXTRA_HINT, CudaDevice, host_array, import_cuda_driver
+from bodyrt.runtime.device import CudaDevice, host_array, import_cuda_driver
+from bodyrt.runtime.packages import gpu_extra_hint
 
 PLATFORM_KEYS = (("tensorrt_version", "TensorRT"), ("gpu_name", "GPU"), ("compute_capability", "compute capability"))
 
@@ -22,7 +23,7 @@ def import_tensorrt():
         import tensorrt
     except (ImportError, OSError) as error:  # OSError: the bindings without their libnvinfer
         raise BackendUnavailableError(f"the tensorrt backend needs the tensorrt package ({error}); "
-                                      f"{GPU_EXTRA_HINT}") from None
+                                      f"{gpu_extra_hint()}") from None
     return tensorrt
 
 
@@ -87,6 +88,9 @@ class TensorRTStage:
             raise BundleError(f"{engine_path}: TensorRT could not deserialise the engine (see its log above); "
                               f"rebuild it: {rebuild_command(bundle.path, entry.precision)}")
         self.context = self.engine.create_execution_context()
+        self.device, self.trt = device, trt
+        self.dedicated = {}  # person count -> execution context of the CUDA graphs captured for it
+        self.scratch = None  # (pointer, bytes): device memory the dedicated contexts share
         self.inputs, self.outputs = [], []
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
@@ -104,19 +108,53 @@ class TensorRTStage:
             raise BundleError(f"{engine_path}: engine tensors {sorted(found)} differ from the manifest's graph "
                               f"{graph.file} {sorted(expected)}; rebuild the engines")
 
-    def enqueue(self, people: int, addresses: dict, stream: int) -> None:
-        """Queue the engine for `people` persons on `stream`; addresses: tensor name -> device pointer."""
+    def dedicated_context(self, people: int):
+        """The execution context of the CUDA graphs for `people` persons, created at first use.
+
+        TensorRT captures a context's kernels for its shapes of the moment: a graph must keep a context
+        whose shapes no other person count changes. These contexts share one block of device memory
+        (USER_MANAGED), enough for the largest profile: one frame runs at a time on one stream.
+        """
+        if people not in self.dedicated:
+            trt = self.trt
+            if self.scratch is None:
+                size = int(self.engine.device_memory_size_v2)
+                self.scratch = (self.device.allocate(size), size)
+            context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if context is None:
+                raise BackendUnavailableError(f"stage {self.stage}: TensorRT could not create an execution context "
+                                              f"for {people} persons (see its log)")
+            context.set_device_memory(*self.scratch)
+            self.dedicated[people] = context
+        return self.dedicated[people]
+
+    def enqueue(self, people: int, addresses: dict, stream: int, dedicated_context: bool = False) -> None:
+        """Queue the engine for `people` persons on `stream`; addresses: tensor name -> device pointer.
+
+        dedicated_context: run on the context kept for this person count (for CUDA graph capture).
+        """
+        if dedicated_context:
+            context = self.dedicated_context(people)
+        else:
+            context = self.context
         for spec in self.inputs:
-            if not self.context.set_input_shape(spec["name"], (people, *spec["per_person"])):
+            if not context.set_input_shape(spec["name"], (people, *spec["per_person"])):
                 raise InputError(f"stage {self.stage}: TensorRT rejected {people} persons for input {spec['name']} "
                                  "(outside the engine's optimisation profile)")
         for name, address in addresses.items():
-            self.context.set_tensor_address(name, address)
-        if not self.context.execute_async_v3(stream):
+            if not context.set_tensor_address(name, address):
+                raise BackendUnavailableError(f"stage {self.stage}: TensorRT refused the address {address:#x} for "
+                                              f"tensor {name} (not a tensor of the engine, or a null pointer)")
+        if not context.execute_async_v3(stream):
             raise BackendUnavailableError(f"stage {self.stage}: TensorRT execute_async_v3 failed (see its log)")
 
     def close(self) -> None:
-        self.context = self.engine = self.runtime = None
+        """Drop the contexts and the engine, then free the shared context memory (the caller synchronised)."""
+        self.dedicated, self.context = {}, None
+        self.engine = self.runtime = None
+        if self.scratch is not None:
+            self.device.free(self.scratch[0])
+            self.scratch = None
 
 
 class TensorRTRunner:
@@ -152,8 +190,11 @@ class TensorRTRunner:
 
     def infer(self, feeds: dict) -> dict:
         people = len(next(iter(feeds.values())))
+        if people == 0:  # nobody in the frame: what the CPU backends return, without touching the engine
+            return {spec["name"]: np.zeros((0, *spec["per_person"]), spec["dtype"]) for spec in self.stage.outputs}
         if not 1 <= people <= self.max_people:
             raise InputError(f"stage {self.stage.stage}: {people} persons; the engine takes 1 to {self.max_people}")
+        self.device.make_current()  # infer may run on another thread than activate
         for spec in self.stage.inputs:
             device_pointer, host_pointer = self.buffers[spec["name"]]
             staged = host_array(host_pointer, spec["dtype"], (people, *spec["per_person"]))
@@ -172,10 +213,12 @@ class TensorRTRunner:
     def deactivate(self):
         if self.stage is None:
             return
+        self.device.make_current()
         self.stage.close()
         for device_pointer, host_pointer in self.buffers.values():
             self.device.free(device_pointer)
             self.device.free_host(host_pointer)
         self.device.destroy_event(self.event)
         self.device.destroy_stream(self.stream)
+        self.device.close()  # the runner opened the device: release its primary context
         self.stage = None

@@ -26,6 +26,7 @@ import itertools
 import json
 import shutil
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -55,80 +56,231 @@ def scene(demo_files, size=(480, 640), people=2, seed=2):
 # Stand-ins: a device on host memory and a `tensorrt` module whose engines run in ONNX Runtime.
 
 
+class EmulationError(AssertionError):
+    """What CUDA or TensorRT would refuse (or do wrong, silently) on a real GPU, caught by the emulation."""
+
+
+# CUDA's launch limits (compute capability >= 3.0): threads per block, block and grid dimensions.
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
 class HostDevice:
     """CudaDevice's interface on host memory: pointers are numpy buffer addresses, work runs at once.
 
-    Fresh buffers are filled with 0xFF bytes (NaN as floats), so reading what nothing wrote shows up.
+    Strict where CUDA is (EmulationError, or BackendUnavailableError worded as CudaDevice.call's):
+    - the context is current only on the thread that opened the device, as cuCtxSetCurrent makes it,
+      until make_current() on another thread: any call elsewhere is CUDA_ERROR_INVALID_CONTEXT;
+    - fresh buffers are filled with 0xFF bytes (NaN as floats), so reading what nothing wrote shows up;
+      freed ones are poisoned the same way and kept, and any later use of them is refused, as is
+      freeing while queued work has not been synchronised (an event synchronised after the work);
+    - a launch over CUDA's grid or block limits is refused;
+    - work on a capturing stream is recorded, not run; end_capture gives a graph that replays it, and a
+      failure during the capture invalidates it (CUDA_ERROR_STREAM_CAPTURE_INVALIDATED at end_capture).
+    The emulation runs each call at once, so "pending" means: queued since the last synchronisation.
     """
 
     ordinal = 0
     name = HOST_PLATFORM["gpu_name"]
     compute_capability = HOST_PLATFORM["compute_capability"]
+    driver_version = 13000
+    handles = itertools.count(1)  # streams, events and graphs: unique across devices
+    instances = []  # every device opened: HostContext finds its memory and captures among them
 
     def __init__(self):
-        self.buffers = {}
-        self.handles = itertools.count(1)
+        self.buffers, self.freed = {}, {}
         self.launches = []
+        self.current = threading.local()
+        self.current.flag = True  # CudaDevice.__init__ makes the primary context current on its thread
+        self.pending = False
+        self.capture = None  # (stream, [recorded work], invalid?) while a capture runs
+        self.graphs, self.replays, self.closed = {}, [], False
+        HostDevice.instances.append(self)
+
+    @classmethod
+    def capturing(cls, stream):
+        """The device capturing `stream`, or None."""
+        return next((device for device in cls.instances if device.capture and device.capture[0] == stream), None)
+
+    @classmethod
+    def holding(cls, pointer: int, nbytes: int = 1):
+        """The live buffer of any device holding [pointer, pointer + nbytes); EmulationError if none."""
+        errors = []
+        for device in cls.instances:
+            try:
+                return device.owner(pointer, nbytes)
+            except EmulationError as error:
+                errors.append(str(error))
+        raise EmulationError("; ".join(error for error in errors if "freed" in error) or
+                             f"{pointer:#x} (+{nbytes} bytes) is not memory of any device")
+
+    def _require_context(self, function: str) -> None:
+        if not getattr(self.current, "flag", False):
+            raise BackendUnavailableError(f"CUDA {function} failed on GPU 0: CUDA_ERROR_INVALID_CONTEXT")
+
+    def make_current(self) -> None:
+        self.current.flag = True
+
+    def call(self, function, *args):
+        self._require_context(function)
+        if function == "cuDriverGetVersion":
+            return self.driver_version
+        raise EmulationError(f"HostDevice does not emulate {function}")
+
+    def kernels(self):
+        from bodyrt.kernels.launch import KERNEL_NAMES
+
+        self._require_context("cuModuleLoadData")
+        return {name: name for name in KERNEL_NAMES}
+
+    def owner(self, pointer: int, nbytes: int = 1):
+        """The live buffer holding [pointer, pointer + nbytes), or EmulationError (freed or unknown)."""
+        for start, buffer in self.buffers.items():
+            if start <= pointer and pointer + nbytes <= start + buffer.nbytes:
+                return buffer
+        for start, buffer in self.freed.items():
+            if start <= pointer < start + buffer.nbytes:
+                raise EmulationError(f"use of freed memory at {pointer:#x}")
+        raise EmulationError(f"{pointer:#x} (+{nbytes} bytes) is not memory of this device")
 
     def allocate(self, nbytes):
+        self._require_context("cuMemAlloc")
         buffer = np.full(max(nbytes, 1), 0xFF, dtype=np.uint8)
         self.buffers[buffer.ctypes.data] = buffer
         return buffer.ctypes.data
 
     def free(self, pointer):
-        del self.buffers[pointer]
+        self._require_context("cuMemFree")
+        if self.pending:
+            raise EmulationError("memory freed while queued work may still use it (synchronise first)")
+        buffer = self.buffers.pop(pointer, None)
+        if buffer is None:
+            raise EmulationError(f"free of {pointer:#x}, which is not a live allocation")
+        buffer[...] = 0xFF  # poisoned
+        self.freed[pointer] = buffer
 
     allocate_host, free_host = allocate, free
 
     def create_stream(self):
-        return next(self.handles)
+        self._require_context("cuStreamCreate")
+        return next(HostDevice.handles)
 
     create_event = create_stream
 
     def destroy_stream(self, handle):
-        pass
+        self._require_context("cuStreamDestroy")
 
     destroy_event = destroy_stream
 
+    def _queue(self, stream, work, *pointers) -> None:
+        """Run `work` now, or record it when `stream` is being captured; pointers must be live."""
+        for pointer, nbytes in pointers:
+            self.owner(pointer, nbytes)
+        if self.capture is not None and self.capture[0] == stream:
+            self.capture[1].append(work)
+            return
+        self.pending = True
+        work()
+
     def record_event(self, event, stream):
-        pass
+        self._require_context("cuEventRecord")
+        if self.capture is None or self.capture[0] != stream:
+            self.pending = True
 
     def wait_event(self, stream, event):
-        pass
+        self._require_context("cuStreamWaitEvent")
 
     def synchronize_event(self, event):
-        pass
+        self._require_context("cuEventSynchronize")
+        self.pending = False
 
     def elapsed_ms(self, start, end):
+        self._require_context("cuEventElapsedTime")
         return 0.0
 
     def copy_to_device(self, destination, source, nbytes, stream):
-        ctypes.memmove(destination, source, nbytes)
+        self._require_context("cuMemcpyAsync")
+        self._queue(stream, lambda: ctypes.memmove(destination, source, nbytes), (destination, nbytes),
+                    (source, nbytes))
 
     copy_to_host = copy_to_device
 
     def launch(self, launch, stream):
         from bodyrt.kernels.host import host_launch
+        from bodyrt.kernels.launch import KERNEL_PARAMETERS
 
+        self._require_context("cuLaunchKernel")
+        threads = launch.block[0] * launch.block[1] * launch.block[2]
+        if threads > MAX_THREADS_PER_BLOCK or any(b > m or b < 1 for b, m in zip(launch.block, MAX_BLOCK)) \
+                or any(g > m or g < 1 for g, m in zip(launch.grid, MAX_GRID)):
+            raise BackendUnavailableError(f"CUDA cuLaunchKernel failed on GPU 0: CUDA_ERROR_INVALID_VALUE "
+                                          f"(grid {launch.grid}, block {launch.block})")
+        for (name, ctype), value in zip(KERNEL_PARAMETERS[launch.kernel], launch.arguments):
+            if ctype is ctypes.c_void_p and name != "image":  # the image may be the caller's own memory
+                self.owner(value.value)
+            elif ctype is ctypes.c_void_p and value.value in self.freed:
+                raise EmulationError(f"{launch.kernel}: image at freed memory {value.value:#x}")
         self.launches.append(launch.kernel)
-        host_launch(launch)
+        self._queue(stream, lambda: host_launch(launch))
+
+    def begin_capture(self, stream):
+        self._require_context("cuStreamBeginCapture")
+        if self.capture is not None:
+            raise BackendUnavailableError("CUDA cuStreamBeginCapture failed on GPU 0: CUDA_ERROR_ILLEGAL_STATE")
+        self.capture = (stream, [], [False])
+
+    def invalidate_capture(self) -> None:
+        """A failure inside a capture: CUDA invalidates the whole capture."""
+        if self.capture is not None:
+            self.capture[2][0] = True
+
+    def end_capture(self, stream):
+        self._require_context("cuStreamEndCapture")
+        capture, self.capture = self.capture, None
+        if capture is None or capture[0] != stream or capture[2][0]:
+            raise BackendUnavailableError("CUDA cuStreamEndCapture failed on GPU 0: "
+                                          "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED")
+        handle = next(HostDevice.handles)
+        self.graphs[handle] = capture[1]
+        return handle
+
+    def launch_graph(self, executable, stream):
+        self._require_context("cuGraphLaunch")
+        if executable not in self.graphs:
+            raise EmulationError(f"graph {executable} was destroyed or never captured")
+        self.replays.append(executable)
+        self.pending = True
+        for work in self.graphs[executable]:
+            work()
+
+    def destroy_graph(self, executable):
+        self._require_context("cuGraphExecDestroy")
+        del self.graphs[executable]
+
+    def close(self):
+        self._require_context("cuDevicePrimaryCtxRelease")
+        self.closed = True
 
 
 _ORT_DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 
 
 class HostEngine:
-    """An 'engine' that is an ONNX graph run by ONNX Runtime on host pointers."""
+    """An 'engine' that is an ONNX graph run by ONNX Runtime on host pointers, with one optimisation
+    profile over the person axis: 1 .. max_people."""
 
-    def __init__(self, graph_path):
+    def __init__(self, graph_path, max_people: int):
         from bodyrt.runtime.backends import OnnxRuntimeRunner
 
         self.runner = OnnxRuntimeRunner(graph_path).activate()
+        self.max_people = max_people
         session = self.runner.session
         self.modes = {value.name: "input" for value in session.get_inputs()}
         self.modes.update({value.name: "output" for value in session.get_outputs()})
         self.values = {value.name: value for value in [*session.get_inputs(), *session.get_outputs()]}
         self.num_io_tensors = len(self.values)
+        self.contexts = []
 
     def get_tensor_name(self, index):
         return list(self.values)[index]
@@ -142,33 +294,86 @@ class HostEngine:
     def get_tensor_shape(self, name):
         return (-1, *self.values[name].shape[1:])
 
-    def create_execution_context(self):
-        return HostContext(self)
+    device_memory_size_v2 = 4096
+
+    def create_execution_context(self, *strategy):
+        self.contexts.append(HostContext(self, user_managed=strategy == ("user_managed",)))
+        return self.contexts[-1]
 
 
 class HostContext:
-    def __init__(self, engine):
+    """TensorRT's execution context, strictly: set_input_shape refuses shapes outside the profile,
+    set_tensor_address unknown tensors and null pointers, execute_async_v3 runs with what was set.
+
+    Inside a capture (HostDevice.capturing) the run is recorded with the shapes it was captured with. A
+    replay after this context's shapes changed is an EmulationError: TensorRT captures its kernels
+    for the shapes of the moment, and a graph replayed after the context moved on runs stale work
+    (TensorRT's rule: one execution context per captured graph, or recapture).
+    """
+
+    def __init__(self, engine, user_managed: bool = False):
         self.engine, self.shapes, self.addresses = engine, {}, {}
+        self.user_managed, self.device_memory = user_managed, None
+
+    def set_device_memory(self, pointer, size):
+        if not self.user_managed or size < self.engine.device_memory_size_v2:
+            raise EmulationError("set_device_memory on a context that is not USER_MANAGED, or too small")
+        HostDevice.holding(pointer, size)
+        self.device_memory = pointer
 
     def set_input_shape(self, name, shape):
+        engine = self.engine
+        if engine.modes.get(name) != "input" or tuple(shape)[1:] != tuple(engine.get_tensor_shape(name))[1:] \
+                or not 1 <= shape[0] <= engine.max_people:
+            return False
         self.shapes[name] = tuple(shape)
         return True
 
     def set_tensor_address(self, name, address):
+        if name not in self.engine.modes or not address:
+            return False
         self.addresses[name] = address
+        return True
 
     def execute_async_v3(self, stream):
+        engine, device = self.engine, HostDevice.capturing(stream)
+        if self.user_managed and self.device_memory is None:
+            raise EmulationError("execute_async_v3 on a USER_MANAGED context without device memory")
+        missing = [name for name, mode in engine.modes.items()
+                   if name not in self.addresses or (mode == "input" and name not in self.shapes)]
+        if missing:
+            if device is not None:
+                device.invalidate_capture()
+            return False
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+
+        def run():
+            if self.shapes != shapes:
+                raise EmulationError(f"a CUDA graph captured for shapes {shapes} replayed after its execution "
+                                     f"context moved to {self.shapes}")
+            self._run(shapes, addresses)
+
+        if device is not None:
+            device.capture[1].append(run)
+        else:
+            run()
+        return True
+
+    def _run(self, shapes, addresses):
         from bodyrt.runtime.device import host_array
 
         engine = self.engine
-        feeds = {name: host_array(self.addresses[name], engine.get_tensor_dtype(name), self.shapes[name]).copy()
-                 for name, mode in engine.modes.items() if mode == "input"}
+        feeds = {}
+        for name, mode in engine.modes.items():
+            if mode == "input":
+                HostDevice.holding(addresses[name], 1)
+                feeds[name] = host_array(addresses[name], engine.get_tensor_dtype(name), shapes[name]).copy()
         people = len(next(iter(feeds.values())))
         for name, value in engine.runner.infer(feeds).items():
             shape = (people, *engine.get_tensor_shape(name)[1:])
             assert value.shape == shape and value.dtype == engine.get_tensor_dtype(name), (name, value.shape)
-            host_array(self.addresses[name], value.dtype, shape)[...] = value
-        return True
+            HostDevice.holding(addresses[name], value.nbytes)
+            host_array(addresses[name], value.dtype, shape)[...] = value
 
 
 def host_tensorrt(bundle_path, version=HOST_PLATFORM["tensorrt_version"], deserialised=None):
@@ -177,6 +382,7 @@ def host_tensorrt(bundle_path, version=HOST_PLATFORM["tensorrt_version"], deseri
     trt.__version__ = version
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
     trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(STATIC="static", USER_MANAGED="user_managed")
     trt.nptype = lambda dtype: dtype
 
     class Runtime:
@@ -186,7 +392,8 @@ def host_tensorrt(bundle_path, version=HOST_PLATFORM["tensorrt_version"], deseri
         def deserialize_cuda_engine(self, data):
             if deserialised is not None:
                 deserialised.append(data)
-            return HostEngine(Path(bundle_path) / json.loads(data)["graph"])
+            description = json.loads(data)
+            return HostEngine(Path(bundle_path) / description["graph"], description["max_people"])
 
     trt.Runtime = Runtime
     return trt
@@ -495,108 +702,30 @@ def test_engine_for_another_tensorrt_fails_before_deserialising(emulated_bundles
     assert len(deserialised) == 1 and [spec["name"] for spec in stage.inputs] == ["hand_crops", "hand_starts"]
 
 
-def recording_tensorrt(calls: dict, parses: bool = True):
-    """A `tensorrt` module recording what build_engine asks of the builder."""
-    ns = types.SimpleNamespace
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "11.4.0.106"
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
-    trt.NetworkDefinitionCreationFlag = ns(STRONGLY_TYPED=5)
-    trt.MemoryPoolType = ns(WORKSPACE="workspace")
-    trt.BuilderFlag = ns(TF32="tf32")
-    inputs = [ns(name="hand_crops", shape=(-1, 2, 3, 224, 224)), ns(name="hand_starts", shape=(-1, 2, 109))]
-    network = ns(num_inputs=2, get_input=lambda index: inputs[index])
+def test_build_engines_hands_the_timing_cache_from_build_to_build(tmp_path, monkeypatch):
+    """The TensorRT calls of one build run through Polygraphy (test_polygraphy_build.py); here: the
+    cache file is read once, handed from build to build, and saved after the last."""
+    from bodyrt.export import tensorrt as export_tensorrt
 
-    class Parser:
-        num_errors = 1
+    seen = []
 
-        def __init__(self, network, logger):
-            pass
+    def recording_build(onnx_path, engine_path, max_people, opt_people=1, timing_cache=b"", workspace_bytes=0):
+        seen.append((Path(onnx_path).name, max_people, timing_cache))
+        Path(engine_path).write_bytes(b"PLAN")
+        return timing_cache + b"+"
 
-        def parse_from_file(self, path):
-            calls["parsed"] = path
-            return parses
-
-        def get_error(self, index):
-            return "In node 7 (Foo): unsupported operator"
-
-    class Cache:
-        def __init__(self, data):
-            self.data = data
-
-        def serialize(self):
-            return self.data + b"+"
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls["pool"] = (pool, size)
-
-        def clear_flag(self, flag):
-            calls["cleared"] = flag
-
-        def add_optimization_profile(self, profile):
-            calls["profile_added"] = profile is calls["profile"]
-
-        def create_timing_cache(self, data):
-            calls["cache_in"] = data
-            return Cache(data)
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache, calls["ignore_mismatch"] = cache, ignore_mismatch
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Profile(dict):
-        def set_shape(self, name, minimum, optimum, maximum):
-            self[name] = (minimum, optimum, maximum)
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls["flags"] = flags
-            return network
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            calls["profile"] = Profile()
-            return calls["profile"]
-
-        def build_serialized_network(self, built_network, config):
-            return b"PLAN" if built_network is network else None
-
-    trt.OnnxParser, trt.Builder = Parser, Builder
-    return trt
-
-
-def test_build_engine_asks_tensorrt_for_a_strongly_typed_profiled_build(tmp_path, monkeypatch):
-    from bodyrt.export.tensorrt import WORKSPACE_BYTES, build_engines
-
-    calls = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", recording_tensorrt(calls))
+    monkeypatch.setattr(export_tensorrt, "build_engine", recording_build)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache_file = tmp_path / "cache" / "bodyrt" / "tensorrt" / "timing-11.4.0.106-Host-Emulation-sm0.0.cache"
     cache_file.parent.mkdir(parents=True)
     cache_file.write_bytes(b"old")
-    entry = build_engines({"hand": tmp_path / "hand.fp16.onnx", "face": tmp_path / "face.fp16.onnx"}, tmp_path,
-                          "fp16", HOST_PLATFORM, max_people=6)
-    assert calls["flags"] == 1 << 5 and calls["cleared"] == "tf32" and calls["ignore_mismatch"] is False
-    assert calls["pool"] == ("workspace", WORKSPACE_BYTES) and calls["profile_added"]
-    assert calls["profile"] == {"hand_crops": ((1, 2, 3, 224, 224), (1, 2, 3, 224, 224), (6, 2, 3, 224, 224)),
-                                "hand_starts": ((1, 2, 109), (1, 2, 109), (6, 2, 109))}
-    assert calls["cache_in"] == b"old+"  # the second build starts from the first build's cache
+    entry = export_tensorrt.build_engines({"hand": tmp_path / "hand.fp16.onnx", "face": tmp_path / "face.fp16.onnx"},
+                                          tmp_path, "fp16", HOST_PLATFORM, max_people=6)
+    assert seen == [("hand.fp16.onnx", 6, b"old"), ("face.fp16.onnx", 6, b"old+")]
     assert cache_file.read_bytes() == b"old++"
     assert (tmp_path / "face.fp16.engine").read_bytes() == b"PLAN"
     assert entry == {**HOST_PLATFORM, "precision": "fp16", "max_people": 6, "opt_people": 1,
                      "engines": {"hand": "hand.fp16.engine", "face": "face.fp16.engine"}}
-
-    monkeypatch.setitem(sys.modules, "tensorrt", recording_tensorrt(calls, parses=False))
-    with pytest.raises(ExportError, match=r"bad\.onnx: TensorRT's ONNX parser failed: In node 7 \(Foo\)"):
-        build_engines({"bad": tmp_path / "bad.onnx"}, tmp_path, "fp32", HOST_PLATFORM)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,11 +758,11 @@ def test_missing_gpu_packages_are_named(bundle_dir, monkeypatch, tmp_path, capsy
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     for module in ["cuda", "cuda.bindings", "cuda.bindings.driver"]:
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(BackendUnavailableError, match=r"tensorrt package.*pip install \"\.\[gpu\]\" \(from a bodyrt checkout\)"):
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt package.*pip install \"bodyrt\[gpu-cu13\]\""):
         make_runner("tensorrt", read_bundle(bundle_dir), "hand")
     with pytest.raises(BackendUnavailableError, match="cuda-python package"):  # the device comes first
         open_bundle(bundle_dir, backend="tensorrt")
-    with pytest.raises(BackendUnavailableError, match=r"cuda-python package.*pip install \"\.\[gpu\]\""):
+    with pytest.raises(BackendUnavailableError, match=r"cuda-python package.*bodyrt\[gpu-cu13\].*bodyrt\[gpu-cu12\]"):
         CudaDevice(0)
     code = main(["export", "--checkpoint", "missing.ckpt", "--body-model", "missing.npz", "--out",
                  str(tmp_path / "out"), "--engine", "tensorrt", "--precision", "fp16"])
@@ -848,3 +977,202 @@ def test_gpu_kernel_matches_host_build(dtype):
                                     mirror=[False, True], crop_size=224, out=p["out"], dtype=dtype),
         {"image": image, "boxes": part_boxes}, {"out": np.zeros((4, 3, 224, 224), dtype)})
     np.testing.assert_allclose(gpu["out"].astype(np.float32), host["out"].astype(np.float32), atol=tolerance, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# What would break on a first real GPU run (issue 16), on the strict emulation
+
+
+def outputs_without_graphs(monkeypatch, bundle_path, scenes):
+    pipeline = emulated_pipeline(monkeypatch, bundle_path)
+    try:
+        return [pipeline(image, boxes).outputs for image, boxes in scenes]
+    finally:
+        pipeline.close()
+
+
+def test_cuda_graphs_stay_right_when_the_person_count_changes(emulated_bundles, demo_files, monkeypatch):
+    """2 -> 3 -> 2 -> 3 persons with graphs: each count replays its own capture, and every frame's
+    outputs equal those without graphs. With one context per stage, the replayed 2-person graph
+    ran after the 3-person frame had moved the context's shapes (the emulation refuses that)."""
+    scenes = [scene(demo_files, people=count, seed=seed) for seed, count in enumerate([2, 3, 2, 3])]
+    expected = outputs_without_graphs(monkeypatch, emulated_bundles["fp32"], scenes)
+    pipeline = emulated_pipeline(monkeypatch, emulated_bundles["fp32"], cuda_graphs=True)
+    device = pipeline.executor.device
+    try:
+        for (image, boxes), reference in zip(scenes, expected):
+            outputs = pipeline(image, boxes).outputs
+            for key in ("vertices", "joints", "body_pose", "part_boxes"):
+                np.testing.assert_allclose(outputs[key], reference[key], atol=1e-6, rtol=0, err_msg=key)
+        captured = dict(pipeline.executor._graphs)  # (stages, people) -> graph
+    finally:
+        pipeline.close()
+    assert {people for _, people in captured} == {2, 3}
+    assert sorted(device.replays) == sorted(captured.values())  # frames 3 and 4 replayed each graph once
+    assert not device.graphs  # destroyed at close
+
+
+def test_a_failure_inside_a_capture_is_reported_as_itself(emulated_bundles, demo_files, monkeypatch):
+    from bodyrt.runtime.tensorrt_backend import TensorRTStage
+
+    image, boxes = scene(demo_files, people=2)
+    pipeline = emulated_pipeline(monkeypatch, emulated_bundles["fp32"], cuda_graphs=True)
+    enqueue = TensorRTStage.enqueue
+
+    def failing_in_capture(stage, people, addresses, stream, **options):
+        if HostDevice.capturing(stream) is not None:
+            HostDevice.capturing(stream).invalidate_capture()
+            raise InputError(f"stage {stage.stage}: simulated failure during the capture")
+        return enqueue(stage, people, addresses, stream, **options)
+
+    monkeypatch.setattr(TensorRTStage, "enqueue", failing_in_capture)
+    try:
+        with pytest.raises(InputError, match="simulated failure during the capture"):
+            pipeline(image, boxes)
+    finally:
+        monkeypatch.setattr(TensorRTStage, "enqueue", enqueue)
+        pipeline._pending = False
+        pipeline.close()
+
+
+def test_the_pipeline_runs_from_a_worker_thread(emulated_bundles, demo_files, monkeypatch):
+    """Opened on this thread, called on another: the context must be made current there."""
+    image, boxes = scene(demo_files, people=2)
+    pipeline = emulated_pipeline(monkeypatch, emulated_bundles["fp32"])
+    try:
+        expected = pipeline(image, boxes).outputs
+        found, failures = {}, []
+
+        def work():
+            try:
+                found.update(pipeline(image, boxes).outputs)
+            except Exception as error:
+                failures.append(error)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+        assert not failures, failures[0]
+        np.testing.assert_array_equal(found["vertices"], expected["vertices"])
+    finally:
+        pipeline.close()
+
+
+def test_a_frame_with_nobody_gives_empty_outputs_on_the_device(emulated_bundles, demo_files, cpu_runtime, monkeypatch):
+    image, _ = scene(demo_files, people=1)
+    empty = np.zeros((0, 4), np.float32)
+    reference = cpu_runtime(image, empty).outputs
+    pipeline = emulated_pipeline(monkeypatch, emulated_bundles["fp16"], cuda_graphs=True)
+    try:
+        outputs = pipeline(image, empty).outputs
+    finally:
+        pipeline.close()
+    assert set(outputs) == set(reference)
+    for key, value in outputs.items():
+        assert value.shape == reference[key].shape and value.shape[0] == 0, key
+
+
+def test_the_tensorrt_runner_takes_a_frame_with_nobody(emulated_bundles, monkeypatch):
+    from bodyrt.runtime import tensorrt_backend
+
+    devices = []
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(emulated_bundles["fp32"]))
+    monkeypatch.setattr(tensorrt_backend, "import_cuda_driver", lambda: None)  # cuda-python is not installed here
+    monkeypatch.setattr(tensorrt_backend, "CudaDevice", lambda ordinal=0: devices.append(HostDevice()) or devices[-1])
+    runner = tensorrt_backend.TensorRTRunner(read_bundle(emulated_bundles["fp32"]), "hand").activate()
+    feeds = {spec["name"]: np.zeros((0, *spec["per_person"]), spec["dtype"]) for spec in runner.stage.inputs}
+    outputs = runner.infer(feeds)
+    assert {name: value.shape[0] for name, value in outputs.items()} == {spec["name"]: 0 for spec in
+                                                                          runner.stage.outputs}
+    runner.deactivate()
+    assert devices[0].closed  # the runner released the device it opened
+
+
+def test_closing_with_a_frame_in_flight_waits_for_it_and_releases_the_device(emulated_bundles, demo_files,
+                                                                             monkeypatch):
+    from bodyrt.runtime import device_executor
+    from bodyrt.runtime import open_bundle
+
+    image, boxes = scene(demo_files, people=2)
+    devices = []
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(emulated_bundles["fp32"]))
+    monkeypatch.setattr(device_executor, "CudaDevice", lambda ordinal=0: devices.append(HostDevice()) or devices[-1])
+    pipeline = open_bundle(emulated_bundles["fp32"], "tensorrt")
+    frame = np.ascontiguousarray(image)
+    pipeline.enqueue(frame.ctypes.data, frame.shape[0], frame.shape[1], frame.strides[0], boxes)
+    pipeline.close()  # no result(): the queued frame must be waited for before its buffers are freed
+    device = devices[0]
+    assert device.closed and not device.buffers and device.freed
+
+
+def test_a_refused_tensor_address_is_an_error(emulated_bundles, monkeypatch):
+    from bodyrt.runtime.tensorrt_backend import TensorRTStage
+
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(emulated_bundles["fp32"]))
+    device = HostDevice()
+    stage = TensorRTStage(read_bundle(emulated_bundles["fp32"]), "hand", device)
+    addresses = {spec["name"]: device.allocate(1 << 20) for spec in [*stage.inputs, *stage.outputs]}
+    with pytest.raises(BackendUnavailableError, match="stage hand: TensorRT refused the address .* tensor hand_extra"):
+        stage.enqueue(1, {**addresses, "hand_extra": addresses[stage.inputs[0]["name"]]}, device.create_stream())
+
+
+def test_part_boxes_of_another_dtype_are_refused_at_open(emulated_bundles, monkeypatch):
+    """The crop kernel reads part boxes as const float*: float16 boxes would be read as garbage."""
+    from bodyrt.runtime.device_executor import DeviceExecutor
+
+    bundle = read_bundle(emulated_bundles["fp16"])
+
+    def make_stage(bundle, stage, device, stream):
+        graph = bundle.manifest.gpu_graph(stage)
+        specs = [{"name": spec.name, "per_person": tuple(spec.shape[1:]),
+                  "dtype": "float16" if spec.name == "part_boxes" else spec.dtype} for spec in graph.outputs]
+        inputs = [{"name": spec.name, "per_person": tuple(spec.shape[1:]), "dtype": spec.dtype} for spec in graph.inputs]
+        return types.SimpleNamespace(inputs=inputs, outputs=specs, close=lambda: None)
+
+    with pytest.raises(BundleError, match="reads part_boxes as float32 .* but it is float16"):
+        DeviceExecutor(bundle, "cuda", make_stage, device=HostDevice())
+
+
+def test_the_opening_check_names_the_driver_and_the_extra(emulated_bundles, monkeypatch):
+    """A kernel the driver cannot load fails when the pipeline opens, naming CUDA 12.4 and gpu-cu12."""
+
+    class OldDriverDevice(HostDevice):
+        driver_version = 12040
+
+        def kernels(self):
+            raise BackendUnavailableError("CUDA cuModuleLoadData failed on GPU 0: CUDA_ERROR_UNSUPPORTED_PTX_VERSION")
+
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(emulated_bundles["fp32"]))
+    from bodyrt.runtime import open_bundle
+
+    device = OldDriverDevice()
+    with pytest.raises(BackendUnavailableError, match=r"driver that supports CUDA 12\.4: .*UNSUPPORTED_PTX_VERSION"
+                                                      r".*bodyrt\[gpu-cu12\]"):
+        open_bundle(emulated_bundles["fp32"], "tensorrt", device=device)
+    assert not device.buffers  # checked before anything was allocated
+
+
+def test_the_emulation_refuses_what_cuda_and_tensorrt_refuse(emulated_bundles, monkeypatch):
+    from bodyrt.kernels.launch import KernelLaunch
+    from bodyrt.runtime.tensorrt_backend import TensorRTStage
+
+    device = HostDevice()
+    pointer = device.allocate(64)
+    device.free(pointer)
+    with pytest.raises(EmulationError, match="freed memory"):
+        device.copy_to_device(pointer, device.allocate(64), 64, 1)
+    with pytest.raises(BackendUnavailableError, match="INVALID_VALUE"):
+        device.launch(KernelLaunch("body_crops_f32", (1, 1, 70000), (32, 8, 1), ()), 1)
+    with pytest.raises(BackendUnavailableError, match="INVALID_VALUE"):
+        device.launch(KernelLaunch("body_crops_f32", (1, 1, 1), (64, 32, 1), ()), 1)
+    other = threading.Thread(target=lambda: failures.append(pytest.raises(BackendUnavailableError, device.allocate, 8)))
+    failures = []
+    other.start()
+    other.join()
+    assert "INVALID_CONTEXT" in str(failures[0].value)
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(emulated_bundles["fp32"]))
+    stage = TensorRTStage(read_bundle(emulated_bundles["fp32"]), "face", device)
+    addresses = {spec["name"]: device.allocate(1 << 20) for spec in [*stage.inputs, *stage.outputs]}
+    for people in (0, MAX_PEOPLE + 1):  # outside the profile 1 .. max_people
+        with pytest.raises(InputError, match=f"TensorRT rejected {people} persons"):
+            stage.enqueue(people, addresses, 1)

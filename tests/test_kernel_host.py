@@ -263,7 +263,8 @@ def test_the_fatbin_serves_a_cuda_13_driver_and_nvrtc_the_rest(fatbin_dir, tmp_p
     assert module.crop_kernel_image((12, 0), 13010, fatbin_directory=fatbin_dir)[1] == "fatbin"  # PTX JIT
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # as if cuda-python were not installed
     for capability, driver, directory in (((8, 6), 12040, fatbin_dir), ((8, 6), 13000, tmp_path)):
-        with pytest.raises(BackendUnavailableError, match="pip install cuda-bindings nvidia-cuda-nvrtc"):
+        with pytest.raises(BackendUnavailableError,
+                           match=r'pip install "bodyrt\[gpu-cu13\]" for CUDA 13 drivers.*"bodyrt\[gpu-cu12\]" for CUDA 12'):
             module.crop_kernel_image(capability, driver, fatbin_directory=directory, cache=tmp_path)
     stale = tmp_path / "stale"
     stale.mkdir()

@@ -205,7 +205,7 @@ def test_bf16_is_refused_on_this_cpu(bundle_dir, comparison):
 
 
 def test_bf16_on_onnxruntime_is_refused(bundle_dir):
-    with pytest.raises(BackendUnavailableError, match="openvino backend only"):
+    with pytest.raises(InputError, match="openvino backend only"):
         open_bundle(bundle_dir, backend="onnxruntime", precision="bf16")
 
 
