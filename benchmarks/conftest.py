@@ -49,3 +49,21 @@ def candidates(demo_files, bundle_dir):
 
     torch.set_num_threads(2)
     return open_candidates(bundle_dir, available_backends(), demo_files, threads=2)
+
+
+@pytest.fixture(scope="session")
+def capi_build(tmp_path_factory):
+    """kind -> a libbodyrt build directory ("native", "embedded"), shared with tests/ (same session
+    base directory: see tests/conftest.py, build_capi_once, which this repeats)."""
+    from pathlib import Path
+
+    from bodyrt.cli import main
+
+    def build(kind: str):
+        out = Path(tmp_path_factory.getbasetemp()) / f"capi-{kind}"
+        if not (out / ".complete").is_file():
+            assert main(["build-capi", "--out", str(out), *(["--embedded"] if kind == "embedded" else [])]) == 0
+            (out / ".complete").write_text("")
+        return out
+
+    return build

@@ -33,13 +33,12 @@ def c_program_box(width: int, height: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def c_host_us(tmp_path_factory, bundle_dir):
+def c_host_us(tmp_path_factory, bundle_dir, capi_build):
     """The C program's medians, microseconds per call: {"run_us": ..., "person_count_us": ..., ...}."""
-    from bodyrt.runtime.capi.build import build_library, compile_command, run_compiler
+    from bodyrt.runtime.capi.build import compile_command, run_compiler
 
-    out = tmp_path_factory.mktemp("capi-bench")
-    build_library(out)
-    program = out / "capi_overhead"
+    out = capi_build("embedded")  # the embedded library: this file measures the Python boundary
+    program = tmp_path_factory.mktemp("capi-bench") / "capi_overhead"
     run_compiler(compile_command(C_HOST_PROGRAM, program, out))
     done = subprocess.run([str(program), str(bundle_dir), str(SMALL_CALL_ROUNDS), str(RUN_ROUNDS)],
                           capture_output=True, text=True, timeout=600, env={})

@@ -262,13 +262,25 @@ def _add_build_capi(commands):
     parser = commands.add_parser(
         "build-capi", help="build libbodyrt.so (the runtime for C programs), bodyrt.h and an example")
     parser.add_argument("--out", required=True, help="output directory")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--embedded", action="store_true",
+                      help="the library that embeds this Python and its runtime (onnxruntime, and the GPU "
+                           "backends such as TensorRT) instead of the native C++ one on OpenVINO")
+    kind.add_argument("--sanitize", action="store_true",
+                      help="the native library built with AddressSanitizer and UndefinedBehaviorSanitizer "
+                           "(link programs with -fsanitize=address,undefined)")
     parser.set_defaults(handler=_build_capi)
 
 
 def _build_capi(args):
     from bodyrt.runtime.capi.build import build_library, compile_command
 
-    paths = build_library(args.out)
+    if args.embedded:
+        paths = build_library(args.out)
+    else:
+        from bodyrt.runtime.capi.native_build import build_native_library
+
+        paths = build_native_library(args.out, sanitize=args.sanitize)
     for what, path in paths.items():
         print(f"bodyrt: wrote {what.replace('_', ' ')} {path}")
     command = compile_command("program.c", "program", paths["library"].parent)

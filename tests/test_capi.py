@@ -1,8 +1,13 @@
-"""libbodyrt, the C API: built once with `bodyrt build-capi`, driven from C by tests/c/capi_check.c
-and examples/c/minimal.c in a clean environment, and checked against the Python runtime."""
+"""libbodyrt, the C API: both builds (native C++ on OpenVINO, and embedded Python), each built once per
+session with `bodyrt build-capi`, driven from C by the same tests/c/capi_check.c and examples/c/minimal.c
+in a clean environment, and checked against the Python runtime on the same backend.
+
+The native build's own checks (golden parity, bf16/int8, no libpython, hardening, sanitizers) are in
+tests/test_capi_native.py."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,18 +42,28 @@ def run_program(command, env=CLEAN_ENV, timeout=300) -> subprocess.CompletedProc
     return done
 
 
+# kind -> (the Python runtime's backend it must match, the tolerance)
+KINDS = {"native": ("openvino", 1e-5), "embedded": ("onnxruntime", 1e-6)}
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def kind(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def capi_dir(tmp_path_factory):
+def capi_dir(kind, capi_build, tmp_path_factory):
     """libbodyrt.so, bodyrt.h and the example from the documented command, and capi_check built against them."""
-    out = tmp_path_factory.mktemp("capi")
-    assert main(["build-capi", "--out", str(out)]) == 0
-    run_program(compile_command(CAPI_CHECK, out / "capi_check", out, extra_flags=STRICT_FLAGS), env=dict(os.environ))
+    out = capi_build(kind)
+    program = tmp_path_factory.mktemp(f"capi-check-{kind}") / "capi_check"
+    run_program(compile_command(CAPI_CHECK, program, out, extra_flags=STRICT_FLAGS), env=dict(os.environ))
+    shutil.copy(program, out / "capi_check")
     return out
 
 
 @pytest.fixture(scope="module")
-def runtime(bundle_dir):
-    return open_bundle(bundle_dir, threads=2)
+def runtime(bundle_dir, kind):
+    return open_bundle(bundle_dir, backend=KINDS[kind][0], threads=2)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +96,8 @@ def test_build_capi_writes_the_library_header_and_a_working_example(capi_dir, bu
         assert printed.startswith(f"bodyrt {__version__}: 10475 vertices"), printed
 
 
-def test_a_process_that_already_runs_python_is_refused_not_crashed(capi_dir, bundle_dir):
+def test_a_process_that_already_runs_python_is_refused_not_crashed(capi_dir, kind, bundle_dir):
+    """The embedded library refuses; the native one has no Python of its own and just works."""
     script = f"""
 import ctypes, sys
 import numpy  # the interpreter is busy: extension modules loaded, capsules looked up
@@ -92,9 +108,12 @@ status = lib.bodyrt_create({str(bundle_dir).encode()!r}, None, ctypes.byref(hand
 print(status, handle.value, lib.bodyrt_last_error().decode())
 """
     printed = run_program([sys.executable, "-c", script], env=dict(os.environ)).stdout
-    status, handle, message = printed.strip().split(" ", 2)
-    assert (int(status), int(handle)) == (6, 0)  # BODYRT_ERROR_PYTHON, no pipeline
-    assert "already runs Python" in message
+    status, handle, message = (printed.strip().split(" ", 2) + [""])[:3]
+    if kind == "embedded":
+        assert (int(status), int(handle)) == (6, 0)  # BODYRT_ERROR_PYTHON, no pipeline
+        assert "already runs Python" in message
+    else:
+        assert (int(status), message) == (0, "") and int(handle) > 0
 
 
 def test_readme_snippet_is_the_example_and_compiles_with_warnings_as_errors(capi_dir, bundle_dir, tmp_path):
@@ -107,7 +126,7 @@ def test_readme_snippet_is_the_example_and_compiles_with_warnings_as_errors(capi
     assert "10475 vertices" in run_program([program, bundle_dir]).stdout
 
 
-def test_c_outputs_match_the_python_runtime(capi_dir, bundle_dir, demo_files, runtime, tmp_path):
+def test_c_outputs_match_the_python_runtime(capi_dir, kind, bundle_dir, demo_files, runtime, tmp_path):
     from bodyrt.export.fixtures.scenes import sample_scene
 
     image, box = sample_scene(demo_files[1], seed=1, size=(360, 480))
@@ -128,7 +147,7 @@ def test_c_outputs_match_the_python_runtime(capi_dir, bundle_dir, demo_files, ru
         assert shapes[name] == expected[name].shape, name
         for order in ["rgb", "bgr"]:  # RGB rows padded by 7 bytes; BGR rows packed
             ours = np.fromfile(out / f"{order}_{name}.f32", dtype=np.float32).reshape(shapes[name])
-            np.testing.assert_allclose(ours, expected[name], atol=1e-6, rtol=0, err_msg=f"{order} {name}")
+            np.testing.assert_allclose(ours, expected[name], atol=KINDS[kind][1], rtol=0, err_msg=f"{order} {name}")
     faces = np.fromfile(out / "faces.i32", dtype=np.int32).reshape(-1, 3)
     np.testing.assert_array_equal(faces, runtime.faces)
 

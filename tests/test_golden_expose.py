@@ -30,11 +30,9 @@ import pytest
 import torch
 
 GOLDEN = Path(__file__).parent / "data" / "golden_expose"
+# The inputs the official code ran, golden_inputs and golden_bundle: tests/conftest.py (shared with
+# tests/test_capi_native.py).
 CASES = ("scene_seed11", "astronaut")
-SEED = 11
-REGRESSOR_OUTPUT_GAIN = 30.0
-# sha256 over (key bytes, tensor bytes in C order) for the sorted keys of the regenerated state dict
-STATE_DICT_SHA256 = "a25dd4aa146a9c5baf67c789a10eb9d8a137e1a85b8bb59ad264833bc90c5ffc"
 ROTATIONS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "jaw_pose")
 MIRRORED_ENTRIES = (1, 2, 3, 6)  # row-major entries of a 3x3 rotation negated by a left/right mirror
 RIGHT_HAND_JOINTS = [21, *range(40, 55), *range(71, 76)]
@@ -46,48 +44,11 @@ BODY_FIELDS = {"global_orient": (0, 6), "body_pose": (6, 126), "left_hand_pose":
                "expression": (328, 10), "camera": (338, 3)}
 
 
-def state_dict_sha256(model: dict) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(model):
-        digest.update(key.encode())
-        digest.update(model[key].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-@pytest.fixture(scope="session")
-def golden_inputs(tmp_path_factory):
-    """(checkpoint, body model) the official code ran: regenerated, edited as the golden README says,
-    and checked against the hash of the file the official code loaded."""
-    from bodyrt.export.fixtures.checkpoints import write_random_checkpoint
-    from bodyrt.export.fixtures.body_models import smplx_arrays, write_smplx_model
-
-    folder = tmp_path_factory.mktemp("golden-expose")
-    body_model = write_smplx_model(folder, seed=SEED)
-    checkpoint = folder / "golden.ckpt"
-    write_random_checkpoint(checkpoint, seed=SEED, body_model_arrays=smplx_arrays(seed=SEED))
-    contents = torch.load(checkpoint, weights_only=True)
-    model = contents["model"]
-    for key in model:
-        if key.endswith(("output_layer.weight", "output_layer.bias")):
-            model[key] = model[key] * REGRESSOR_OUTPUT_GAIN
-    assert state_dict_sha256(model) == STATE_DICT_SHA256, \
-        "the regenerated checkpoint is not the one the official code ran: did the random writer change?"
-    torch.save(contents, checkpoint)
-    return checkpoint, body_model
-
-
 @pytest.fixture(scope="session")
 def golden_reference(golden_inputs):
     from bodyrt.export.reference import ReferencePipeline
 
     return ReferencePipeline(*golden_inputs, threads=2)
-
-
-@pytest.fixture(scope="session")
-def golden_bundle(golden_inputs, tmp_path_factory):
-    from bodyrt.export.bundle import export_bundle
-
-    return export_bundle(*golden_inputs, tmp_path_factory.mktemp("golden-bundle") / "bundle", threads=2)
 
 
 @pytest.fixture(scope="session")

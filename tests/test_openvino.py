@@ -18,8 +18,6 @@ as vertex deviation from OpenVINO fp32:
                            fidelity test skipped, on a CPU without native bf16.
 """
 
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -56,29 +54,7 @@ def scenes(demo_files):
     return [sample_scene(demo_files[1], seed=seed, size=(720, 1280)) for seed in (0, 1)]
 
 
-def linked_copy(bundle_dir, target):
-    """The bundle as hard links: cheap, and quantizing the copy leaves the session bundle untouched
-    (the manifest is replaced by a new file, never written through the link)."""
-    shutil.copytree(bundle_dir, target, copy_function=os.link)
-    return target
-
-
-@pytest.fixture(scope="module")
-def quantized_bundle(bundle_dir, demo_files, tmp_path_factory):
-    """A copy of the session bundle with an int8 variant, calibrated on three one-person images."""
-    from bodyrt.export.fixtures.scenes import sample_scene
-    from bodyrt.export.quantize import quantize_bundle
-    from bodyrt.images import save_png
-
-    calibration = tmp_path_factory.mktemp("calibration")
-    for seed in (2, 3, 4):
-        image, box = sample_scene(demo_files[1], seed=seed, size=(360, 640))
-        x0, y0, x1, y1 = box[0].astype(int)
-        save_png(calibration / f"person{seed}.png", image[max(0, y0 - 10):y1 + 10, max(0, x0 - 20):x1 + 20])
-    (calibration / "readme.txt").write_text("not an image")
-    bundle = linked_copy(bundle_dir, tmp_path_factory.mktemp("quantized") / "bundle")
-    quantize_bundle(bundle, calibration, threads=2)
-    return bundle
+# linked_copy and the session's quantized_bundle: tests/conftest.py (shared with tests/test_capi_native.py)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,21 @@
  *     gcc service.c -IDIR -LDIR -lbodyrt -Wl,-rpath,DIR
  * The header and the library come from the same build; use them together.
  *
- * libbodyrt runs bodyrt's Python runtime (ONNX Runtime on the CPU by default) in an interpreter it
- * starts on the first call that needs one (about 0.2 s, plus opening the bundle). That interpreter
- * is the Python environment the library was built from, found without any environment variable;
- * the host's PYTHONHOME, PYTHONPATH and other PYTHON* variables are ignored, and its signal
- * handlers are left alone. The interpreter lives until the process exits. A process that already
- * runs Python (ctypes, an embedding host) gets BODYRT_ERROR_PYTHON: use bodyrt.runtime there.
+ * Two builds of this header's library exist; both have the same functions, statuses, handles,
+ * lifetimes and thread rules.
+ *
+ * The native library (the default of `bodyrt build-capi`) is C++17 on OpenVINO's C++ runtime: no
+ * Python in the process, nothing to start, no environment to find. It links libopenvino (and its
+ * TBB) from the openvino wheel it was built against, with an rpath to them. It runs the openvino
+ * backend only, at fp32, bf16 or int8. BODYRT_ERROR_PYTHON never comes from it.
+ *
+ * The embedded library (`bodyrt build-capi --embedded`) runs bodyrt's Python runtime (ONNX Runtime
+ * on the CPU by default, and the GPU backends) in an interpreter it starts on the first call that
+ * needs one (about 0.2 s, plus opening the bundle). That interpreter is the Python environment the
+ * library was built from, found without any environment variable; the host's PYTHONHOME,
+ * PYTHONPATH and other PYTHON* variables are ignored, and its signal handlers are left alone. The
+ * interpreter lives until the process exits. A process that already runs Python (ctypes, an
+ * embedding host) gets BODYRT_ERROR_PYTHON: use bodyrt.runtime there.
  *
  * Handles. A pipeline (an opened bundle) and a result (the outputs of one run) are small structs
  * holding an id, never a pointer. Ids are never reused: a handle that was destroyed or released
@@ -30,13 +39,14 @@
  *   bodyrt_last_error string      thread-local, until the next failed call on the same thread.
  *   Inputs (pixels, boxes, paths) are read during the call only; the library keeps no pointer.
  *
- * Thread safety. Every function may be called from any thread. Calls into Python take the
- * interpreter lock (the GIL) for their bookkeeping; each pipeline also has a lock held for the
- * whole of a bodyrt_run, so threads sharing a pipeline run one at a time (safe, not parallel).
- * Give each thread its own pipeline to run in parallel: ONNX Runtime releases the GIL while it
- * computes. bodyrt_destroy waits for a run in progress on the pipeline; runs that start after it
- * fail with BODYRT_ERROR_INVALID_HANDLE. Reading one result from several threads is safe;
- * releasing it while another thread still reads its bodyrt_output_data pointers is not.
+ * Thread safety. Every function may be called from any thread. Each pipeline has a lock held for
+ * the whole of a bodyrt_run, so threads sharing a pipeline run one at a time (safe, not parallel).
+ * Give each thread its own pipeline to run in parallel: in the native library pipelines share
+ * nothing, in the embedded one ONNX Runtime releases the GIL while it computes (the GIL still
+ * serialises the bookkeeping of every call). bodyrt_destroy waits for a run in progress on the
+ * pipeline; runs that start after it fail with BODYRT_ERROR_INVALID_HANDLE. Reading one result
+ * from several threads is safe; releasing it while another thread still reads its
+ * bodyrt_output_data pointers is not.
  *
  * Arrays. Outputs are float32, C order, the person on the first axis, the shapes listed at
  * bodyrt_output. Capacities and counts are in elements (floats, int32s), not bytes.
@@ -62,7 +72,8 @@ extern "C" {
 
 typedef enum bodyrt_status {
     BODYRT_OK = 0,
-    BODYRT_ERROR_INVALID_ARGUMENT = 1,   /* a NULL pointer, a size <= 0, a short stride, a bad box */
+    BODYRT_ERROR_INVALID_ARGUMENT = 1,   /* a NULL pointer, a size <= 0 or too large, a short stride,
+                                            a bad box */
     BODYRT_ERROR_INVALID_HANDLE = 2,     /* a pipeline destroyed or a result released (or never made) */
     BODYRT_ERROR_BUFFER_TOO_SMALL = 3,   /* a caller buffer below the needed count; nothing copied */
     BODYRT_ERROR_BUNDLE = 4,             /* the bundle directory is missing, incomplete or modified */
@@ -102,8 +113,11 @@ typedef struct bodyrt_pipeline { uint64_t id; } bodyrt_pipeline;
 typedef struct bodyrt_result { uint64_t id; } bodyrt_result;
 
 typedef struct bodyrt_options {
-    const char *backend;   /* "onnxruntime" (the default) */
+    const char *backend;   /* native library: "openvino" (the default and only one);
+                              embedded library: "onnxruntime" (the default), "openvino", ... */
     int threads;           /* CPU threads per stage, 1 to the CPU count (default 2) */
+    const char *precision; /* "fp32" (the default), "bf16" (a CPU with native bf16), "int8"
+                              (a bundle with an int8 variant); bf16 and int8 need "openvino" */
 } bodyrt_options;
 
 /* ---- library ---------------------------------------------------------------------------- */

@@ -15,7 +15,7 @@
 /* The Python functions, defined by cffi after this file. The build reads the lines between the
  * two markers into its cdef, as an extern "Python" block. */
 /* BEGIN python functions */
-static int bodyrt_py_create(const char *bundle_dir, const char *backend, int threads,
+static int bodyrt_py_create(const char *bundle_dir, const char *backend, int threads, const char *precision,
                             uint64_t *pipeline_id, char *error, size_t error_capacity);
 static int bodyrt_py_destroy(uint64_t pipeline_id, char *error, size_t error_capacity);
 static int bodyrt_py_pipeline_last_error(uint64_t pipeline_id, char *message, size_t capacity,
@@ -129,7 +129,7 @@ BODYRT_API const char *bodyrt_last_error(void)
 
 BODYRT_API bodyrt_options bodyrt_default_options(void)
 {
-    bodyrt_options options = {"onnxruntime", 2};
+    bodyrt_options options = {"onnxruntime", 2, "fp32"};
     return options;
 }
 
@@ -143,7 +143,7 @@ BODYRT_API bodyrt_status bodyrt_create(const char *bundle_dir, const bodyrt_opti
         return BODYRT_ERROR_PYTHON;
     if (options == NULL)
         options = &defaults;
-    return bodyrt_py_create(bundle_dir, options->backend, options->threads,
+    return bodyrt_py_create(bundle_dir, options->backend, options->threads, options->precision,
                             pipeline ? &pipeline->id : NULL, thread_error, sizeof thread_error);
 }
 

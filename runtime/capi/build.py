@@ -1,4 +1,5 @@
-"""Build libbodyrt.so with cffi's embedding mode, and copy bodyrt.h and the C example beside it.
+"""Build the embedded-Python libbodyrt.so (`bodyrt build-capi --embedded`) with cffi's embedding mode,
+and copy bodyrt.h and the C example beside it. The native library: native_build.py.
 
 cffi writes one C file: its embedding code, then bodyrt_capi.c (the exported functions), then the
 glue of the `extern "Python"` functions of embedded.py. gcc links it against this Python's

@@ -144,13 +144,15 @@ def output_of(result_id: int, output: int) -> np.ndarray:
 
 # ---- entry points: bodyrt_py_<name> in bodyrt_capi.c, bodyrt_<name> in bodyrt.h ----
 
-def create(bundle_dir, backend, threads, pipeline_id):
+def create(bundle_dir, backend, threads, precision, pipeline_id):
     require_pointer(bundle_dir, "bundle_dir")
     require_pointer(backend, "options->backend")
     require_positive(threads, "options->threads")
+    require_pointer(precision, "options->precision")
     require_pointer(pipeline_id, "pipeline")
     pipeline = open_bundle(os.fsdecode(ffi.string(bundle_dir)),
-                           backend=ffi.string(backend).decode("utf-8", "replace"), threads=threads)
+                           backend=ffi.string(backend).decode("utf-8", "replace"), threads=threads,
+                           precision=ffi.string(precision).decode("utf-8", "replace"))
     faces = read_only(pipeline.faces, np.int32)
     pipeline_id[0] = REGISTRY.add(REGISTRY.pipelines, OpenPipeline(pipeline=pipeline, faces=faces))
 

@@ -22,7 +22,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s BUNDLE_DIR\n", argv[0]);
         return 2;
     }
-    bodyrt_options options = bodyrt_default_options();  /* onnxruntime, 2 threads */
+    bodyrt_options options = bodyrt_default_options();  /* default backend, 2 threads, fp32 */
     bodyrt_pipeline pipeline;
     if (bodyrt_create(argv[1], &options, &pipeline) != BODYRT_OK)
         return fail("bodyrt_create");

@@ -1,16 +1,20 @@
 /* capi_check.c: drives libbodyrt for tests/test_capi.py.
  *
- *   capi_check outputs BUNDLE IMAGE.rgb WIDTH HEIGHT BOXES.f32 PERSONS OUT_DIR
+ *   capi_check outputs BUNDLE IMAGE.rgb WIDTH HEIGHT BOXES.f32 PERSONS OUT_DIR [PRECISION]
  *       run the image (RGB, rows padded) and its BGR copy; write every output, the shapes and faces
  *   capi_check errors BUNDLE BAD_BUNDLE IMAGE.rgb WIDTH HEIGHT
  *       one line per bad call: case <TAB> status name <TAB> count <TAB> message
  *   capi_check threads BUNDLE IMAGE.rgb WIDTH HEIGHT
  *       threads sharing a pipeline, a pipeline per thread, thread-local errors, destroy during runs
+ *   capi_check hardening BUNDLE TAMPERED_BUNDLE OTHER_VERSION_BUNDLE IMAGE.rgb WIDTH HEIGHT
+ *       more bad input (as `errors` prints it): modified bundles, absurd sizes and boxes, bad
+ *       precisions; then threads creating, running and destroying pipelines at once
  *
  * Exits 0 when every check made in C passed; the test checks the rest.
  */
 #define _POSIX_C_SOURCE 200809L /* pthread barriers, nanosleep under -std=c11 */
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -99,7 +103,7 @@ static void write_outputs(bodyrt_result result, const char *dir, const char *pre
     }
 }
 
-static int check_outputs(char **argv)
+static int check_outputs(char **argv, const char *precision)
 {
     const char *bundle = argv[2], *out_dir = argv[8];
     int width = atoi(argv[4]), height = atoi(argv[5]), persons = atoi(argv[7]);
@@ -109,7 +113,10 @@ static int check_outputs(char **argv)
     CHECK(image_size == (size_t)width * height * 3 && boxes_size == (size_t)persons * 4 * sizeof(float));
 
     bodyrt_pipeline pipeline;
-    CHECK(bodyrt_create(bundle, NULL, &pipeline) == BODYRT_OK);
+    bodyrt_options options = bodyrt_default_options();
+    if (precision != NULL)
+        options.precision = precision;
+    CHECK(bodyrt_create(bundle, &options, &pipeline) == BODYRT_OK);
 
     /* RGB with each row padded by 7 bytes. */
     int64_t padded_stride = 3 * (int64_t)width + 7;
@@ -434,14 +441,117 @@ static int check_threads(char **argv)
     return 0;
 }
 
+/* ---- hardening ---- */
+
+enum { CHURN_THREADS = 3, CHURN_ROUNDS = 2 };
+
+typedef struct {
+    const char *bundle;
+    const uint8_t *image;
+    int width, height;
+    const float *box;
+    int failures;
+} churn_args;
+
+/* Create, run, destroy, destroy again: CHURN_ROUNDS times, while the other threads do the same. */
+static void *churn(void *argument)
+{
+    churn_args *args = argument;
+    for (int round = 0; round < CHURN_ROUNDS; round++) {
+        bodyrt_options options = bodyrt_default_options();
+        options.threads = 1;
+        bodyrt_pipeline pipeline;
+        bodyrt_result result;
+        if (bodyrt_create(args->bundle, &options, &pipeline) != BODYRT_OK) {
+            fprintf(stderr, "churn create: %s\n", bodyrt_last_error());
+            args->failures++;
+            continue;
+        }
+        if (bodyrt_run(pipeline, args->image, args->width, args->height, 3 * (int64_t)args->width, BODYRT_RGB,
+                       args->box, 1, &result) != BODYRT_OK) {
+            fprintf(stderr, "churn run: %s\n", bodyrt_last_error());
+            args->failures++;
+        }
+        args->failures += bodyrt_destroy(pipeline) != BODYRT_OK;
+        args->failures += bodyrt_destroy(pipeline) != BODYRT_ERROR_INVALID_HANDLE;
+        args->failures += bodyrt_release(result) != BODYRT_OK;  /* results outlive their pipeline */
+        args->failures += bodyrt_release(result) != BODYRT_ERROR_INVALID_HANDLE;
+    }
+    return NULL;
+}
+
+static int check_hardening(char **argv)
+{
+    const char *bundle = argv[2];
+    int width = atoi(argv[6]), height = atoi(argv[7]);
+    size_t image_size;
+    uint8_t *image = read_file(argv[5], &image_size);
+    float box[4] = {0.25f * width, 0.1f * height, 0.75f * width, 0.9f * height};
+    bodyrt_pipeline pipeline;
+    bodyrt_result result;
+    bodyrt_options options = bodyrt_default_options();
+    size_t count = 0;
+    int64_t stride = 3 * (int64_t)width;
+
+    REPORT("create_tampered_bundle", bodyrt_create(argv[3], NULL, &pipeline));
+    CHECK(pipeline.id == 0);
+    REPORT("create_other_version", bodyrt_create(argv[4], NULL, &pipeline));
+    options.precision = NULL;
+    REPORT("create_null_precision", bodyrt_create(bundle, &options, &pipeline));
+    options.precision = "fp64";
+    REPORT("create_unknown_precision", bodyrt_create(bundle, &options, &pipeline));
+    options = bodyrt_default_options();
+    options.threads = 1;
+    CHECK(bodyrt_create(bundle, &options, &pipeline) == BODYRT_OK);
+
+    REPORT("run_int_max_image", bodyrt_run(pipeline, image, INT_MAX, INT_MAX, 3 * (int64_t)INT_MAX, BODYRT_RGB, box, 1,
+                                           &result));
+    CHECK(result.id == 0);
+    REPORT("run_int_max_height", bodyrt_run(pipeline, image, width, INT_MAX, INT64_MAX / 2, BODYRT_RGB, box, 1,
+                                            &result));
+    REPORT("run_int_max_stride", bodyrt_run(pipeline, image, width, height, INT64_MAX, BODYRT_RGB, box, 1, &result));
+    float nan_box[4] = {box[0], NAN, box[2], box[3]};
+    REPORT("run_nan_box", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, nan_box, 1, &result));
+    float outside_box[4] = {(float)width + 10, 0, (float)width + 50, 40};
+    REPORT("run_outside_box", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, outside_box, 1, &result));
+    float huge_box[4] = {0, 0, 1e12f, 1e12f};
+    REPORT("run_huge_box", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, huge_box, 1, &result));
+    float second_bad[8] = {box[0], box[1], box[2], box[3], 5, 5, 5, 5};
+    REPORT("run_second_box_empty", bodyrt_run(pipeline, image, width, height, stride, BODYRT_RGB, second_bad, 2, &result));
+    /* A 1 x 1 image and a box around it: valid, mostly zero padding. */
+    REPORT("run_one_pixel_image", bodyrt_run(pipeline, image, 1, 1, 3, BODYRT_RGB, (float[4]){0, 0, 1, 1}, 1, &result));
+    CHECK(bodyrt_person_count(result, &count) == BODYRT_OK && count == 1);
+    CHECK(bodyrt_release(result) == BODYRT_OK);
+    CHECK(bodyrt_destroy(pipeline) == BODYRT_OK);
+    REPORT("destroy_twice", bodyrt_destroy(pipeline));
+
+    pthread_t threads[CHURN_THREADS];
+    churn_args args[CHURN_THREADS];
+    for (int i = 0; i < CHURN_THREADS; i++) {
+        args[i] = (churn_args){bundle, image, width, height, box, 0};
+        CHECK(pthread_create(&threads[i], NULL, churn, &args[i]) == 0);
+    }
+    int failures = 0;
+    for (int i = 0; i < CHURN_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        failures += args[i].failures;
+    }
+    printf("churn\t%s\t%d\t%d threads x %d create/run/destroy rounds\n", failures ? "FAILED" : "BODYRT_OK", failures,
+           CHURN_THREADS, CHURN_ROUNDS);
+    free(image);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc == 9 && strcmp(argv[1], "outputs") == 0)
-        return check_outputs(argv);
+    if ((argc == 9 || argc == 10) && strcmp(argv[1], "outputs") == 0)
+        return check_outputs(argv, argc == 10 ? argv[9] : NULL);
     if (argc == 7 && strcmp(argv[1], "errors") == 0)
         return check_errors(argv);
     if (argc == 6 && strcmp(argv[1], "threads") == 0)
         return check_threads(argv);
+    if (argc == 8 && strcmp(argv[1], "hardening") == 0)
+        return check_hardening(argv);
     fprintf(stderr, "usage: see the comment at the top of capi_check.c\n");
     return 2;
 }
