@@ -48,7 +48,23 @@ def system_info() -> dict:
             "cpu": {**cpu_description(), "openvino": openvino_cpu()},
             "backends": {"available": [name for name in BACKENDS if name not in unavailable],
                          "unavailable": unavailable},
-            "openvino_cache": cache_usage()}
+            "openvino_cache": cache_usage(), "native_cache": native_cache_usage()}
+
+
+def native_cache_usage() -> dict:
+    """{"path", "exists", "bytes"} of the native C library's own OpenVINO cache (openvino-native, beside
+    bodyrt's; it keeps its own rules and is not bounded by bodyrt's limit)."""
+    from bodyrt.runtime.compile_cache import default_cache_dir
+
+    directory = default_cache_dir().with_name("openvino-native")
+    total = 0
+    if directory.is_dir():
+        for path in directory.rglob("*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except OSError:
+                continue
+    return {"path": str(directory), "exists": directory.is_dir(), "bytes": total}
 
 
 def format_info(info: dict) -> str:
@@ -71,6 +87,9 @@ def format_info(info: dict) -> str:
     lines.append(f"OpenVINO compile cache: {cache['path']}")
     lines.append(f"  {state}; limit {format_bytes(cache['limit_bytes'])} ({LIMIT_VARIABLE}), "
                  "least recently used entries removed first")
+    native = info["native_cache"]
+    if native["exists"]:
+        lines.append(f"native libbodyrt's OpenVINO cache: {native['path']}, {format_bytes(native['bytes'])} (not bounded)")
     return "\n".join(lines)
 
 

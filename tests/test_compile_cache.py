@@ -174,17 +174,21 @@ def test_info_prints_version_cpu_backends_and_cache(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("BODYRT_OPENVINO_CACHE_LIMIT", "3G")
     runner(graph, None, shapes="dynamic")  # the default location under BODYRT_CACHE_DIR
     size = sum(path.stat().st_size for path in (tmp_path / "root" / "openvino").iterdir())
+    (tmp_path / "root" / "openvino-native").mkdir()
+    (tmp_path / "root" / "openvino-native" / "body-0.blob").write_bytes(b"x" * 3000)  # the C library's own
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     assert f"bodyrt {__version__}" in text
     assert str(tmp_path / "root" / "openvino") in text
     assert "1 compiled model" in text and "limit 3.0 GiB" in text
+    assert f"{tmp_path / 'root' / 'openvino-native'}, 2.9 KiB (not bounded)" in text
     assert "openvino" in text and "onnxruntime" in text
     assert main(["info", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == __version__
     assert report["openvino_cache"]["bytes"] == size and report["openvino_cache"]["entries"] == 1
     assert report["openvino_cache"]["limit_bytes"] == 3 << 30
+    assert report["native_cache"]["bytes"] == 3000
     assert report["cpu"]["model"] and set(report["cpu"]["features"]) >= {"avx2", "avx512f", "amx_tile"}
     assert "openvino" in report["backends"]["available"]
     monkeypatch.setenv("BODYRT_OPENVINO_CACHE_LIMIT", "lots")
