@@ -13,7 +13,7 @@ Shapes: every person count from two on shares one compiled model per stage, comp
 dynamic person axis (one cache entry). One person, the common case, gets a model compiled for static
 shapes, which runs faster on some stages (measured, contended 2-core AMD EPYC with AVX-512 BF16, fp32, medians:
 merge 12-16 ms static against 26 ms dynamic, face 87-108 against 100-116 ms, body and hand equal
-within noise; one person end to end about 4% slower dynamic). $BODYRT_OPENVINO_SHAPES=dynamic uses the
+within noise; one person end to end about 5% slower dynamic). $BODYRT_OPENVINO_SHAPES=dynamic uses the
 dynamic model for one person too: one entry and one model in memory per stage and precision, at that
 cost. At most two compiled models per stage stay in memory.
 
@@ -124,6 +124,7 @@ class OpenVinoRunner:
         self.input_specs = input_specs
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.shapes = shapes or shape_mode()
+        self.cache_limit = compile_cache.cache_limit()  # checked here: a bad value fails before any compile
         if self.shapes not in SHAPE_MODES:
             raise InputError(f"shapes must be one of {', '.join(SHAPE_MODES)}, got {shapes!r}")
         self.core = None
@@ -205,7 +206,7 @@ class OpenVinoRunner:
 
     def _store(self, compiled, blob_path: Path) -> None:
         """Write the blob beside its sha256 and prune the cache to its limit, oldest entries first."""
-        limit = compile_cache.cache_limit()
+        limit = self.cache_limit
         partial = None
         try:
             data = compiled.export_model().getbuffer()
