@@ -89,7 +89,8 @@ def format_info(info: dict) -> str:
                  "least recently used entries removed first")
     native = info["native_cache"]
     if native["exists"]:
-        lines.append(f"native libbodyrt's OpenVINO cache: {native['path']}, {format_bytes(native['bytes'])} (not bounded)")
+        lines.append(f"native libbodyrt's OpenVINO cache: {native['path']}, "
+                     f"{format_bytes(native['bytes'])} (not bounded)")
     return "\n".join(lines)
 
 
