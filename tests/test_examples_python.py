@@ -65,3 +65,21 @@ def test_the_python_example_reports_a_bad_bundle_in_one_line(scene, tmp_path):
     assert answer.returncode == 1
     assert answer.stderr.startswith("run_image: error:") and "no-bundle" in answer.stderr
     assert "Traceback" not in answer.stderr and not (tmp_path / "meshes").exists()
+
+
+def test_the_readme_python_api_snippet_runs(bundle_dir, scene, tmp_path, monkeypatch):
+    """The README's Python API block, with its paths and box pointed at the session's files, runs and
+    writes the mesh `bodyrt run` would (the same file as the example's first person)."""
+    readme = (EXAMPLE.parents[2] / "README.md").read_text()
+    (snippet,) = [block for block in readme.split("```python\n")[1:] if "open_bundle(" in block]
+    code = snippet.split("```")[0]
+    image, boxes = scene
+    assert '"bundle/"' in code and '"photo.jpg"' in code and "[[100, 50, 600, 950]]" in code
+    code = (code.replace('"bundle/"', repr(str(bundle_dir))).replace('"photo.jpg"', repr(str(image)))
+            .replace("[[100, 50, 600, 950]]", repr([boxes[0]])))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert main(["run", "--bundle", str(bundle_dir), str(image), "--box", *map(str, boxes[0]), "--overlay", "off",
+                 "--out", str(tmp_path / "run")]) == 0
+    np.testing.assert_allclose(obj_vertices(tmp_path / "person0.obj"),
+                               obj_vertices(tmp_path / "run" / "scene.png" / "person0.obj"), atol=2e-6)
