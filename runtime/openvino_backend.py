@@ -195,6 +195,8 @@ class OpenVinoRunner:
                     compile_cache.touch(blob_path)  # just used: the last entry pruning would remove
                     return compiled, blob
                 log.warning("%s: cached OpenVINO model not used: %s; recompiling", blob_path, problem)
+            except FileNotFoundError:  # pruned by another process since is_file(): a plain miss
+                pass
             except (RuntimeError, ValueError, OSError) as error:
                 log.warning("%s: cached OpenVINO model unusable (%s); recompiling", blob_path, error)
         model = self.core.read_model(str(self.model_path))
