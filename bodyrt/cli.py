@@ -334,6 +334,19 @@ def _serve(args):
                                 port=args.port, address=args.address))
 
 
+def _add_info(commands):
+    parser = commands.add_parser(
+        "info", help="version, CPU and its features, usable backends, the OpenVINO compile cache and its size")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_info)
+
+
+def _info(args):
+    from bodyrt.info import print_info
+
+    print_info(as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bodyrt", description="Export and run whole-body (body, hands, face) mesh regressors.")
@@ -350,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_build_capi(commands)
     _add_serve(commands)
+    _add_info(commands)
     return parser
 
 

@@ -9,22 +9,26 @@ the same ONNX files, so the bundle and its manifest drive both. Precision is exp
     int8  the graph file is the quantized (QDQ) variant; quantized convolutions run in int8 and every
           other operation at f32.
 
-Shapes: a graph compiled for static shapes runs faster than a dynamic one (hand stage, fp32, on a Xeon:
-19 ms against 30 ms), so each stage is compiled for one person at activation and, on the first call
-with another person count, once more with a dynamic person axis. At most two compiled models per
-stage stay in memory.
+Shapes: every person count from two on shares one compiled model per stage, compiled with the graph's
+dynamic person axis (one cache entry). One person, the common case, gets a model compiled for static
+shapes, which runs faster on some stages (measured, contended 2-core AMD EPYC with AVX-512 BF16, fp32, medians:
+merge 12-16 ms static against 26 ms dynamic, face 87-108 against 100-116 ms, body and hand equal
+within noise; one person end to end about 5% slower dynamic). $BODYRT_OPENVINO_SHAPES=dynamic uses the
+dynamic model for one person too: one entry and one model in memory per stage and precision, at that
+cost. At most two compiled models per stage stay in memory.
 
-Cache: compiled models are exported to `<cache>/openvino/<key>.blob`, the key hashing the graph's
-sha256 (from the bundle manifest), the precision, the shapes, the thread count, the OpenVINO version
-and the CPU (name, capabilities and ISA flags), so a blob is never used on another machine, library
-or bundle. The cache directory is $BODYRT_CACHE_DIR/openvino, else $XDG_CACHE_HOME/bodyrt/openvino,
-else ~/.cache/bodyrt/openvino. An unwritable cache only costs time.
+Cache: compiled models are exported to `<cache>/openvino/<stage>-<key>.blob`, the key hashing the
+graph's sha256 (from the bundle manifest), the precision, the shapes (or "dynamic"), the thread count,
+the OpenVINO version and the CPU (name, capabilities and ISA flags), so a blob is never used on another
+machine, library or bundle. Location, size bound (4 GiB by default, $BODYRT_OPENVINO_CACHE_LIMIT,
+least recently used entries removed first) and the locking that lets two processes share it:
+bodyrt.runtime.compile_cache. An unwritable cache only costs time.
 
 Each blob is verified before use: its sha256 is stored beside it (`<key>.blob.sha256`, written when the
 blob is), and a blob whose bytes do not hash to it (a flipped bit, a truncated or overwritten file, a
 blob without its hash) is never imported: it is recompiled from the bundle's verified graph and
 replaced, with a warning naming it. OpenVINO's own CACHE_DIR is not used: it stores blobs without a
-check bodyrt could apply.
+check bodyrt could apply, nor a bound.
 """
 
 import hashlib
@@ -38,12 +42,24 @@ from pathlib import Path
 import numpy as np
 
 from bodyrt.errors import BackendUnavailableError, InputError
+from bodyrt.runtime import compile_cache
+from bodyrt.runtime.compile_cache import default_cache_dir, hash_file as digest_path  # noqa: F401 (API)
 
 log = logging.getLogger("bodyrt")
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # OpenVINO's inference-precision hint for the operations a precision does not fix by itself.
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+SHAPES_VARIABLE = "BODYRT_OPENVINO_SHAPES"
+SHAPE_MODES = ("static1", "dynamic")  # one person: its own static model, or the shared dynamic one
+
+
+def shape_mode() -> str:
+    """$BODYRT_OPENVINO_SHAPES: "static1" (default) or "dynamic"; InputError for anything else."""
+    mode = os.environ.get(SHAPES_VARIABLE, "").strip() or "static1"
+    if mode not in SHAPE_MODES:
+        raise InputError(f"{SHAPES_VARIABLE} must be one of {', '.join(SHAPE_MODES)}, got {mode!r}")
+    return mode
 
 
 def import_openvino():
@@ -86,14 +102,6 @@ def cpu_fingerprint(core) -> str:
     return json.dumps([str(core.get_property("CPU", "FULL_DEVICE_NAME")), cpu_capabilities(core), flags])
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("BODYRT_CACHE_DIR")
-    if root:
-        return Path(root) / "openvino"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "bodyrt" / "openvino"
-
-
 def static_shapes(input_specs, people: int) -> dict:
     """The manifest's input TensorSpecs of a stage ('people' on the person axis) -> name -> shape."""
     return {spec.name: [people if isinstance(dim, str) else int(dim) for dim in spec.shape] for spec in input_specs}
@@ -105,15 +113,20 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, model_path, threads: int = 2, precision: str = "fp32", model_sha256: str | None = None,
-                 input_specs=None, cache_dir=None):
+                 input_specs=None, cache_dir=None, shapes: str | None = None):
         """input_specs: the manifest's inputs of this stage (for the one-person precompile); model_sha256:
-        the graph's hash from the manifest (hashed here when not given)."""
+        the graph's hash from the manifest (hashed here when not given); shapes: one of SHAPE_MODES
+        (default: $BODYRT_OPENVINO_SHAPES, else "static1")."""
         self.model_path = Path(model_path)
         self.threads = threads
         self.precision = precision
         self.model_sha256 = model_sha256
         self.input_specs = input_specs
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.shapes = shapes or shape_mode()
+        self.cache_limit = compile_cache.cache_limit()  # checked here: a bad value fails before any compile
+        if self.shapes not in SHAPE_MODES:
+            raise InputError(f"shapes must be one of {', '.join(SHAPE_MODES)}, got {shapes!r}")
         self.core = None
         self.compiled = {}  # "people1" or "dynamic" -> (compiled model, infer request, output names)
         self.precision_ran = None
@@ -126,7 +139,9 @@ class OpenVinoRunner:
         self.identity = {"graph": self.model_sha256 or _sha256(self.model_path), "precision": self.precision,
                          "threads": self.threads, "openvino": openvino.get_version(),
                          "cpu": cpu_fingerprint(self.core)}
-        if self.input_specs:
+        if self.shapes == "dynamic":
+            self._compiled_for("dynamic", None)
+        elif self.input_specs:
             self._compiled_for("people1", static_shapes(self.input_specs, 1))
         return self
 
@@ -137,7 +152,7 @@ class OpenVinoRunner:
     def infer(self, feeds: dict) -> dict:
         feeds = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
         people = {value.shape[0] for value in feeds.values()}
-        if people == {1}:
+        if people == {1} and self.shapes == "static1":
             compiled, request, outputs = self._compiled_for("people1", {k: list(v.shape) for k, v in feeds.items()})
         else:
             compiled, request, outputs = self._compiled_for("dynamic", None)
@@ -170,42 +185,54 @@ class OpenVinoRunner:
         blob_path = self._blob_path(variant, shapes)
         if blob_path.is_file():
             try:
-                # copy-on-write map: OpenVINO reads the weights in place instead of copying 100s of MB
-                blob = np.memmap(blob_path, dtype=np.uint8, mode="c")
-                problem = blob_problem(blob_path, blob)
+                with compile_cache.cache_lock(self.cache_dir, exclusive=False):
+                    # copy-on-write map: OpenVINO reads the weights in place instead of copying 100s of MB
+                    blob = np.memmap(blob_path, dtype=np.uint8, mode="c")
+                    problem = blob_problem(blob_path, blob)
                 if problem is None:
                     tensor = self.openvino.Tensor(blob, shared_memory=True)
-                    return self.core.import_model(tensor, "CPU", self.config()), blob
+                    compiled = self.core.import_model(tensor, "CPU", self.config())
+                    compile_cache.touch(blob_path)  # just used: the last entry pruning would remove
+                    return compiled, blob
                 log.warning("%s: cached OpenVINO model not used: %s; recompiling", blob_path, problem)
+            except FileNotFoundError:  # pruned by another process since is_file(): a plain miss
+                pass
             except (RuntimeError, ValueError, OSError) as error:
                 log.warning("%s: cached OpenVINO model unusable (%s); recompiling", blob_path, error)
         model = self.core.read_model(str(self.model_path))
-        if shapes is not None:
+        if shapes is not None:  # else the graph's own dynamic person axis
             model.reshape(shapes)
         compiled = self.core.compile_model(model, "CPU", self.config())
         self._store(compiled, blob_path)
         return compiled, None
 
     def _store(self, compiled, blob_path: Path) -> None:
+        """Write the blob beside its sha256 and prune the cache to its limit, oldest entries first."""
+        limit = self.cache_limit
         partial = None
         try:
-            blob_path.parent.mkdir(parents=True, exist_ok=True)
             data = compiled.export_model().getbuffer()
+            if len(data) > limit:
+                log.info("%s: not cached: %d bytes exceed the cache limit of %d bytes (%s)", blob_path,
+                         len(data), limit, compile_cache.LIMIT_VARIABLE)
+                return
+            blob_path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=blob_path.parent, suffix=".partial", delete=False) as stream:
                 partial = stream.name
                 stream.write(data)
-            # the hash first: a reader that meets the new hash beside the old blob recompiles, never misuses
-            _write_atomically(digest_path(blob_path), hashlib.sha256(data).hexdigest().encode())
-            os.replace(partial, blob_path)
+            with compile_cache.cache_lock(self.cache_dir, exclusive=True):
+                # the hash first: a reader that meets the new hash beside the old blob recompiles, never misuses
+                _write_atomically(digest_path(blob_path), hashlib.sha256(data).hexdigest().encode())
+                os.replace(partial, blob_path)
+                partial = None
+                removed = compile_cache.prune(self.cache_dir, limit, keep=blob_path)
+            for old in removed:
+                log.info("%s: removed from the OpenVINO cache (least recently used; limit %d bytes)", old, limit)
         except OSError as error:
             log.warning("%s: cannot cache the compiled OpenVINO model (%s)", blob_path, error)
+        finally:
             if partial:
                 Path(partial).unlink(missing_ok=True)
-
-
-def digest_path(blob_path: Path) -> Path:
-    """Where the sha256 of a cached blob is stored: beside it, `<name>.sha256`."""
-    return blob_path.with_name(blob_path.name + ".sha256")
 
 
 def blob_problem(blob_path: Path, blob) -> str | None:

@@ -521,3 +521,40 @@ def test_export_refuses_an_smplx_model(checkpoints, synthetic_smplx_path, tmp_pa
     assert not (tmp_path / "never").exists()
     with pytest.raises(BodyModelError, match="this one is SMPL-X"):
         SmplRegressorPipeline(checkpoints["hkmr"], synthetic_smplx_path, "hkmr")
+
+
+def test_smpl_package_reproduces_hkmr_vertices_from_the_saved_parameters(bundles, smpl_arrays_, tmp_path):
+    """`run` on an HKMR bundle, two people: each params.npz, given as it is to smplx.SMPL(...), gives
+    bodyrt's placed vertices and joints (vertices + transl) within 1e-5 m.
+
+    Deform-and-learn has no such round trip: its body is SMPL's template skinned with per-segment
+    scales and without SMPL's blend shapes (test_segment_scaled_body_is_smpl_skinning_without_blend_shapes),
+    which no smplx.SMPL parameter expresses; its params.npz carries the same pose keys and `segment_scales`.
+    """
+    import smplx
+
+    from bodyrt.images import save_png
+
+    image, boxes = scene(360, 640, 2, seed=11)
+    save_png(tmp_path / "two.png", image)
+    (tmp_path / "boxes.json").write_text(json.dumps({"two.png": boxes.tolist()}))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "two.png"), "--bundle", str(bundles["hkmr"]), "--boxes",
+                 str(tmp_path / "boxes.json"), "--overlay", "off", "--out", str(out)]) == 0
+    plain = tmp_path / "SMPL_NEUTRAL.pkl"  # smplx reads SMPL from plain pickles only
+    with open(plain, "wb") as stream:
+        pickle.dump(smpl_arrays_, stream)
+    placed_roots = []
+    for person in (0, 1):
+        params = dict(np.load(out / "two.png" / f"person{person}_params.npz"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = smplx.SMPL(str(plain), **params)
+        output = model(return_full_pose=True)
+        placed = params["vertices"] + params["transl"]
+        assert np.abs(output.vertices[0].detach().numpy() - placed).max() < 1e-5
+        assert np.abs(output.joints[0].detach().numpy() - (params["joints"] + params["transl"])).max() < 1e-5
+        np.testing.assert_allclose(output.full_pose.detach().numpy(), params["full_pose"], atol=1e-6)
+        assert np.abs(params["betas"]).max() > 1e-3 and np.abs(params["body_pose"]).max() > 1e-2  # not the mean
+        placed_roots.append(placed.mean(axis=0))
+    assert placed_roots[0][0] < placed_roots[1][0]  # the left box's person is left: the full-image transl
